@@ -1,0 +1,44 @@
+r"""The embedded demo: a small DAPT model on the generated `synthetic_shapes` dataset.
+
+No files and no checkpoint needed; finishes in a few minutes on 2 CPU cores. The backbone is
+randomly initialised (there is no pre-trained checkpoint for this size), so, unlike the paper
+configs, the whole small model trains; chance is 10 %.
+
+Command:
+  python main.py --config=configs/synthetic.py --workdir=runs/synthetic
+"""
+from configs import common
+from dapt_jax import partition
+
+
+def get_config(arg=None):
+  if arg:
+    raise ValueError(f'configs/synthetic.py takes no variant (got {arg!r})')
+  c = common.base_config()
+  c.model.trans_dim = 64
+  c.model.encoder_dims = 64
+  c.model.depth = 2
+  c.model.num_heads = 4
+  c.model.num_group = 32
+  c.model.group_size = 16
+  c.model.rank = 16
+  c.model.num_classes = 10
+  c.model.drop_path_rate = 0.1
+  c.model.drop_adapter_rate = 0.0
+  c.partition_rules = tuple(partition.FULL_FINETUNE_RULES)
+  c.data.name = 'synthetic_shapes'
+  c.data.data_dir = ''
+  c.data.num_points = 512
+  c.data.point_all = 600
+  c.data.synthetic_num_train = 1024
+  c.data.synthetic_num_test = 256
+  c.data.synthetic_points = 1024
+  c.data.synthetic_num_classes = 10
+  c.optim.lr = 1e-3
+  c.optim.warmup_epochs = 2
+  c.num_epochs = 20
+  c.batch_size = 32
+  c.eval.every_epochs = 5
+  c.checkpoint.every_epochs = 5
+  c.log_every_steps = 10
+  return common.finalize(c)

@@ -1,0 +1,134 @@
+"""Which parameters train: ordered `(regex, label)` rules over parameter paths.
+
+A path is the `/`-joined key of a leaf in the `params` collection (docs/architecture.md), e.g.
+`blocks_3/adapter/down_proj/kernel`. Rules are tried in order with `re.search`; the first match
+labels the leaf; a leaf that no rule matches is an error that names it.
+"""
+from __future__ import annotations
+
+import collections
+import math
+import re
+from typing import Any, Iterable, Mapping, Sequence, Tuple
+
+from flax import traverse_util
+
+TRAINABLE = 'trainable'
+FROZEN = 'frozen'
+LABELS = (TRAINABLE, FROZEN)
+
+Rules = Sequence[Tuple[str, str]]
+
+# The release trains parameters whose PyTorch names contain `cls` (class token, its position and
+# the head `cls_head_finetune`), `tfts` (scale-shifts) or `Adapter`; everything else is frozen.
+DAPT_RULES: Rules = (
+    (r'^cls_(token|pos)$', TRAINABLE),
+    (r'^head/', TRAINABLE),
+    (r'tfts/', TRAINABLE),
+    (r'/adapter/', TRAINABLE),
+    (r'.*', FROZEN),
+)
+# Baselines for the benchmarks: everything trains / only the head trains.
+FULL_FINETUNE_RULES: Rules = ((r'.*', TRAINABLE),)
+LINEAR_PROBE_RULES: Rules = ((r'^head/', TRAINABLE), (r'.*', FROZEN))
+
+PRESETS = {'dapt': DAPT_RULES, 'full': FULL_FINETUNE_RULES, 'linear': LINEAR_PROBE_RULES}
+
+
+class PartitionError(ValueError):
+  """A parameter matched no rule, or a rule is malformed; the message names it."""
+
+
+def flatten(tree: Mapping[str, Any]) -> dict[str, Any]:
+  """Nested dict → {'a/b/c': leaf}."""
+  return traverse_util.flatten_dict(dict(tree), sep='/')
+
+
+def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
+  """{'a/b/c': leaf} → nested dict."""
+  return traverse_util.unflatten_dict(dict(flat), sep='/')
+
+
+def compile_rules(rules: Iterable[Sequence[str]]) -> list[tuple[re.Pattern, str]]:
+  compiled = []
+  for i, rule in enumerate(rules):
+    if len(rule) != 2:
+      raise PartitionError(f'partition rule #{i} {rule!r}: expected (regex, label)')
+    pattern, label = rule
+    if label not in LABELS:
+      raise PartitionError(f'partition rule #{i} {rule!r}: label must be one of {LABELS}')
+    try:
+      compiled.append((re.compile(pattern), label))
+    except re.error as e:
+      raise PartitionError(f'partition rule #{i} {pattern!r}: bad regex ({e})') from None
+  return compiled
+
+
+def label_params(params: Mapping[str, Any], rules: Rules) -> dict[str, Any]:
+  """A nested dict of labels with the structure of `params` (first matching rule wins)."""
+  compiled = compile_rules(rules)
+  labels = {}
+  for path in flatten(params):
+    for pattern, label in compiled:
+      if pattern.search(path):
+        labels[path] = label
+        break
+    else:
+      raise PartitionError(f'parameter {path!r} matches no partition rule; add a rule for it')
+  return unflatten(labels)
+
+
+def split(params: Mapping[str, Any], labels: Mapping[str, Any]) -> tuple[dict, dict]:
+  """Splits `params` into (trainable, frozen) nested dicts holding only their own leaves."""
+  flat_labels = flatten(labels)
+  trainable, frozen = {}, {}
+  for path, leaf in flatten(params).items():
+    (trainable if flat_labels[path] == TRAINABLE else frozen)[path] = leaf
+  return unflatten(trainable), unflatten(frozen)
+
+
+def merge(*trees: Mapping[str, Any]) -> dict[str, Any]:
+  """Inverse of `split`: the union of disjoint nested dicts."""
+  flat = {}
+  for tree in trees:
+    for path, leaf in flatten(tree).items():
+      if path in flat:
+        raise PartitionError(f'parameter {path!r} appears in more than one part')
+      flat[path] = leaf
+  return unflatten(flat)
+
+
+def count(params: Mapping[str, Any], labels: Mapping[str, Any]) -> dict[str, dict[str, int]]:
+  """Trainable and total parameter counts per top-level module, plus a 'total' row.
+
+  Returns {'encoder': {'trainable': n, 'total': m}, ..., 'total': {...}} in parameter order.
+  """
+  flat_labels = flatten(labels)
+  rows: dict[str, dict[str, int]] = collections.OrderedDict()
+  for path, leaf in flatten(params).items():
+    top = path.split('/')[0]
+    size = int(math.prod(leaf.shape))
+    row = rows.setdefault(top, {TRAINABLE: 0, 'total': 0})
+    row['total'] += size
+    if flat_labels[path] == TRAINABLE:
+      row[TRAINABLE] += size
+  rows['total'] = {TRAINABLE: sum(r[TRAINABLE] for r in rows.values()),
+                   'total': sum(r['total'] for r in rows.values())}
+  return rows
+
+
+def format_counts(counts: Mapping[str, Mapping[str, int]]) -> str:
+  """A small table for the log: module, trainable, total."""
+  lines = [f"{'module':<14}{'trainable':>12}{'total':>13}"]
+  for name, row in counts.items():
+    if name == 'total' or name.startswith('blocks_'):
+      continue
+    lines.append(f"{name:<14}{row[TRAINABLE]:>12,}{row['total']:>13,}")
+  blocks = [r for n, r in counts.items() if n.startswith('blocks_')]
+  if blocks:
+    lines.append(f"{f'blocks (x{len(blocks)})':<14}{sum(r[TRAINABLE] for r in blocks):>12,}"
+                 f"{sum(r['total'] for r in blocks):>13,}")
+  t = counts['total']
+  pct = 100.0 * t[TRAINABLE] / max(t['total'], 1)
+  lines.append(f"{'total':<14}{t[TRAINABLE]:>12,}{t['total']:>13,}  ({pct:.2f} % trainable)")
+  return '\n'.join(lines)
