@@ -1,0 +1,10 @@
+"""The one exception the data pipeline raises for bad or missing input."""
+from __future__ import annotations
+
+
+class DataError(ValueError):
+  """Missing, malformed or inconsistent dataset files.
+
+  The message is one line that names the file (or config field) and the problem, so a command-line
+  entry point can print it and exit non-zero before any training starts.
+  """
