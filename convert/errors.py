@@ -1,0 +1,9 @@
+"""Errors the converter reports to its user as one line each."""
+
+
+class ConvertError(Exception):
+  """A user-facing conversion failure; the message is one line, no traceback."""
+
+
+class UnsafeCheckpointError(ConvertError):
+  """The file's pickle asks for something other than tensors and plain containers."""

@@ -1,0 +1,163 @@
+"""PyTorch `.pth` → Flax variables of a DAPT model, strictly (SPEC §3)."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from typing import Any, Mapping
+
+
+from convert import keymap
+from convert import layouts
+from convert import model_config
+from convert import pth_reader
+from convert.errors import ConvertError
+from dapt_jax.partition import flatten
+from dapt_jax.partition import unflatten
+
+FORMAT = 'dapt-jax converted checkpoint, version 1'
+
+
+@dataclasses.dataclass
+class Conversion:
+  variables: dict[str, dict]   # {'params', 'batch_stats'}: only what came from the file (numpy)
+  report: dict[str, Any]       # what report.json holds
+
+
+def sha256(path: str) -> str:
+  h = hashlib.sha256()
+  with open(path, 'rb') as f:
+    for chunk in iter(lambda: f.read(1 << 20), b''):
+      h.update(chunk)
+  return h.hexdigest()
+
+
+def _no_destination(key: str, shown: str, fields: Mapping[str, Any], layout_name: str) -> str:
+  """Why a release key has no Flax variable, as specifically as the key allows."""
+  block = keymap.block_index(key)
+  if block is not None and block >= fields['depth']:
+    return (f'source tensor {shown} has no destination: the model has depth {fields["depth"]} '
+            '(pass a --config with the right depth)')
+  if key.startswith('reduce_dim.'):
+    return (f'source tensor {shown} has no destination: this backbone projects its patch '
+            'encoder output with reduce_dim, which the DAPT model (encoder_dims = trans_dim) lacks')
+  return f'source tensor {shown} has no destination in the DAPT model ({layout_name} layout)'
+
+
+def _plural(n: int, what: str) -> str:
+  return f'{n} {what}{"" if n == 1 else "s"}'
+
+
+def convert_checkpoint(src: str, config: str | None = None) -> Conversion:
+  """Reads `src` and maps every tensor onto the Flax variables of the target model.
+
+  Args:
+    src: the `.pth` file.
+    config: `path.py[:arg]`; None infers the model from the checkpoint's shapes, taking the
+      rest from the default config.
+  Raises:
+    ConvertError: with a one-line message; nothing is written.
+  """
+  checkpoint = pth_reader.read_pth(src)
+  source = layouts.read_source(checkpoint)
+  layout = source.layout
+
+  def shown(key: str) -> str:  # a release key as the file spells it
+    return source.original.get(key, key)
+
+  if source.unplaced:
+    first = source.unplaced[0]
+    more = f' (and {len(source.unplaced) - 1} more)' if len(source.unplaced) > 1 else ''
+    raise ConvertError(f'source tensor {first} has no destination and is on no ignore list '
+                       f'({layout.description}){more}')
+
+  if config is not None:
+    fields = model_config.model_fields(model_config.load_config(config))
+    config_used, inferred = config, []
+  else:
+    fields, inferred = model_config.infer_model_fields(
+        source.tensors, model_config.default_model_fields(), with_head=layout.name == 'dapt')
+    config_used = (f'inferred from the checkpoint ({", ".join(inferred) or "nothing"}); the rest '
+                   f'from {model_config.DEFAULT_CONFIG}')
+
+  shapes = model_config.variable_shapes(fields)
+  try:
+    entries = keymap.entries_for_variables(shapes)
+  except ValueError as e:
+    raise ConvertError(f'internal: {e}') from None
+  by_key = {e.torch_key: e for e in entries}
+  flat_shapes = {c: flatten(shapes.get(c, {})) for c in ('params', 'batch_stats')}
+
+  out = {'params': {}, 'batch_stats': {}}
+  loaded = {}
+  for key, value in source.tensors.items():
+    entry = by_key.get(key)
+    if entry is None:
+      raise ConvertError(_no_destination(key, shown(key), fields, layout.name))
+    target = flat_shapes[entry.collection][entry.path]
+    expected = entry.torch_shape(target.shape)
+    if tuple(value.shape) != expected:
+      raise ConvertError(f'shape mismatch for {shown(key)} (→ {entry.name}): the checkpoint has '
+                         f'{tuple(value.shape)}, the model needs {expected}')
+    if value.dtype.kind != 'f' and value.dtype.name != 'bfloat16':
+      raise ConvertError(f'{shown(key)} has dtype {value.dtype}, expected floating point')
+    out[entry.collection][entry.path] = entry.to_flax(value).astype(target.dtype)
+    loaded[entry.name] = shown(key)
+
+  required = [e for e in entries
+              if layout.complete or e.part == keymap.BACKBONE]
+  missing = [e for e in required if e.name not in loaded]
+  if missing:
+    e = missing[0]
+    display = f'{source.outer_prefix}{layout.prefix}{e.torch_key}'
+    target = flat_shapes[e.collection][e.path]
+    more = f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''
+    raise ConvertError(f'missing required tensor {display} (for {e.name}, shape '
+                       f'{e.torch_shape(target.shape)}){more}; layout: {layout.description}')
+  fresh = [e for e in entries if e.name not in loaded]
+
+  report = {
+      'format': FORMAT,
+      'source': os.path.abspath(src),
+      'source_sha256': sha256(src),
+      'layout': layout.name,
+      'layout_description': source.description,
+      'state_dict_at': source.container,
+      'config': config_used,
+      'inferred_fields': inferred,
+      'model': fields,
+      'counts': {'loaded': len(loaded), 'ignored': len(source.ignored), 'freshly_initialised':
+                 len(fresh)},
+      'fresh_by_part': {part: sum(e.part == part for e in fresh)
+                        for part in (keymap.BACKBONE, keymap.CLS, keymap.DAPT, keymap.HEAD)
+                        if any(e.part == part for e in fresh)},
+      'loaded': loaded,
+      'ignored': source.ignored,
+      'freshly_initialised': [e.name for e in fresh],
+  }
+  return Conversion({c: unflatten(v) for c, v in out.items()}, report)
+
+
+def summary(conv: Conversion, dst: str, verbose: bool) -> str:
+  """What the CLI prints after a successful conversion."""
+  r = conv.report
+  parts = ', '.join(f'{n} {p}' for p, n in r['fresh_by_part'].items())
+  lines = [
+      f'converted {r["source"]}',
+      f'  layout: {r["layout_description"]}',
+      f'  model: {r["config"]}',
+      f'  loaded {_plural(r["counts"]["loaded"], "tensor")}, ignored {r["counts"]["ignored"]}, '
+      f'freshly initialised {r["counts"]["freshly_initialised"]}'
+      + (f' ({parts})' if parts else ''),
+  ]
+  if verbose:
+    lines.append('  loaded:')
+    lines += [f'    {flax} ← {key}' for flax, key in r['loaded'].items()]
+    lines.append('  ignored:')
+    lines += [f'    {key}  ({why})' for key, why in r['ignored'].items()]
+    lines.append('  freshly initialised:')
+    lines += [f'    {name}' for name in r['freshly_initialised']]
+  else:
+    lines.append('  (names: --verbose, or the report)')
+  lines.append(f'wrote {dst} (report: {os.path.join(dst, "report.json")})')
+  return '\n'.join(lines)

@@ -1,0 +1,193 @@
+"""Flax variable paths ⇄ the DAPT release's PyTorch keys, with the transposes (SPEC §3).
+
+The naming itself is defined in docs/architecture.md; this module is its executable form for the
+converter. Each row names a Flax module, the PyTorch module it comes from, what kind of layer it
+is (which fixes the leaf names and the transposes), and which part of the model it belongs to.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Iterable, Mapping
+
+import numpy as np
+
+from dapt_jax.partition import flatten
+
+# Layer kinds: how a module's Flax leaves are named and laid out against PyTorch's.
+CONV1D = 'conv1d'        # Conv1d, kernel 1: weight [out, in, 1] ⇄ kernel [in, out]; bias
+DENSE = 'dense'          # Linear: weight [out, in] ⇄ kernel [in, out]; bias
+DENSE_NO_BIAS = 'dense_no_bias'  # Linear(bias=False): weight only (the attention's qkv)
+LAYER_NORM = 'layer_norm'  # weight ⇄ scale, bias ⇄ bias
+BATCH_NORM = 'batch_norm'  # as LayerNorm, plus running_mean/var ⇄ batch_stats mean/var
+SCALE_SHIFT = 'scale_shift'  # `tfts_gamma_n`, `tfts_beta_n` on the parent module ⇄ gamma, beta
+PARAM = 'param'          # a bare parameter, same shape on both sides (cls_token, cls_pos)
+
+# Model parts, for deciding what a pre-trained backbone must provide.
+BACKBONE = 'backbone'    # the frozen Point-MAE encoder: every pre-training layout has all of it
+CLS = 'cls'              # cls_token, cls_pos: some pre-training checkpoints have them
+DAPT = 'dapt'            # scale-shifts and adapters: only in a DAPT fine-tuned checkpoint
+HEAD = 'head'            # the classification head: only in a fine-tuned checkpoint
+
+# (Flax module path, PyTorch module prefix, kind, part). For SCALE_SHIFT the PyTorch column is
+# the parent prefix plus the pair's number, joined as `{prefix}tfts_{gamma|beta}_{n}`.
+_MODEL_ROWS = (
+    ('encoder/fc1', 'encoder.first_conv.0', CONV1D, BACKBONE),
+    ('encoder/bn1', 'encoder.first_conv.1', BATCH_NORM, BACKBONE),
+    ('encoder/fc2', 'encoder.first_conv.3', CONV1D, BACKBONE),
+    ('encoder/fc3', 'encoder.second_conv.0', CONV1D, BACKBONE),
+    ('encoder/bn2', 'encoder.second_conv.1', BATCH_NORM, BACKBONE),
+    ('encoder/fc4', 'encoder.second_conv.3', CONV1D, BACKBONE),
+    ('patch_tfts', '|1', SCALE_SHIFT, DAPT),
+    ('cls_token', 'cls_token', PARAM, CLS),
+    ('cls_pos', 'cls_pos', PARAM, CLS),
+    ('pos_embed/fc1', 'pos_embed.0', DENSE, BACKBONE),
+    ('pos_embed/fc2', 'pos_embed.2', DENSE, BACKBONE),
+)
+_BLOCK_ROWS = (  # under `blocks_{i}` ⇄ `blocks.blocks.{i}.`
+    ('norm1', 'norm1', LAYER_NORM, BACKBONE),
+    ('norm1_tfts', '|1', SCALE_SHIFT, DAPT),
+    ('attn/qkv', 'attn.qkv', DENSE_NO_BIAS, BACKBONE),
+    ('attn/qkv_tfts', 'attn.|1', SCALE_SHIFT, DAPT),
+    ('attn/proj', 'attn.proj', DENSE, BACKBONE),
+    ('attn/proj_tfts', 'attn.|2', SCALE_SHIFT, DAPT),
+    ('norm2', 'norm2', LAYER_NORM, BACKBONE),
+    ('norm2_tfts', '|2', SCALE_SHIFT, DAPT),
+    ('mlp/fc1', 'mlp.fc1', DENSE, BACKBONE),
+    ('mlp/fc1_tfts', 'mlp.|1', SCALE_SHIFT, DAPT),
+    ('mlp/fc2', 'mlp.fc2', DENSE, BACKBONE),
+    ('mlp/fc2_tfts', 'mlp.|2', SCALE_SHIFT, DAPT),
+    ('adapter/norm', 'Adapter_MLP.adapter_layer_norm_before', LAYER_NORM, DAPT),
+    ('adapter/scale', 'Adapter_MLP.scale', DENSE, DAPT),
+    ('adapter/down_proj', 'Adapter_MLP.down_proj', DENSE, DAPT),
+    ('adapter/up_proj', 'Adapter_MLP.up_proj', DENSE, DAPT),
+    ('prompt_tfts', '|3', SCALE_SHIFT, DAPT),
+)
+_TAIL_ROWS = (
+    ('norm', 'norm', LAYER_NORM, BACKBONE),
+    ('norm_tfts', '|2', SCALE_SHIFT, DAPT),
+    ('head/fc1', 'cls_head_finetune.0', DENSE, HEAD),
+    ('head/bn1', 'cls_head_finetune.1', BATCH_NORM, HEAD),
+    ('head/fc2', 'cls_head_finetune.4', DENSE, HEAD),
+    ('head/bn2', 'cls_head_finetune.5', BATCH_NORM, HEAD),
+    ('head/fc3', 'cls_head_finetune.8', DENSE, HEAD),
+)
+
+# Flax leaf name → PyTorch leaf name, per kind ('params' unless noted).
+_LEAVES = {
+    CONV1D: (('params', 'kernel', 'weight'), ('params', 'bias', 'bias')),
+    DENSE: (('params', 'kernel', 'weight'), ('params', 'bias', 'bias')),
+    DENSE_NO_BIAS: (('params', 'kernel', 'weight'),),
+    LAYER_NORM: (('params', 'scale', 'weight'), ('params', 'bias', 'bias')),
+    BATCH_NORM: (('params', 'scale', 'weight'), ('params', 'bias', 'bias'),
+                 ('batch_stats', 'mean', 'running_mean'), ('batch_stats', 'var', 'running_var')),
+    SCALE_SHIFT: (('params', 'gamma', 'gamma'), ('params', 'beta', 'beta')),
+}
+
+# BatchNorm's step counter: no Flax counterpart; dropped going in, written as 0 going out.
+NUM_BATCHES_TRACKED = 'num_batches_tracked'
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+  """One tensor: its Flax variable (collection + `/`-joined path) and its release key."""
+  collection: str   # 'params' or 'batch_stats'
+  path: str         # e.g. 'blocks_0/attn/qkv/kernel'
+  torch_key: str    # e.g. 'blocks.blocks.0.attn.qkv.weight'
+  kind: str         # how the array is laid out on each side (see the kinds above)
+  part: str         # BACKBONE, CLS, DAPT or HEAD
+
+  @property
+  def name(self) -> str:
+    """`collection/path`, the name reports use."""
+    return f'{self.collection}/{self.path}'
+
+  @property
+  def transposed(self) -> bool:
+    return self.kind in (CONV1D, DENSE, DENSE_NO_BIAS) and self.path.endswith('/kernel')
+
+  def torch_shape(self, flax_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The PyTorch shape of a tensor whose Flax shape is `flax_shape`."""
+    if not self.transposed:
+      return tuple(flax_shape)
+    out = tuple(reversed(flax_shape))
+    return out + (1,) if self.kind == CONV1D else out
+
+  def to_flax(self, value: np.ndarray) -> np.ndarray:
+    """PyTorch layout → Flax layout (the shape must already be checked)."""
+    if not self.transposed:
+      return np.ascontiguousarray(value)
+    if self.kind == CONV1D:
+      value = value[..., 0]
+    return np.ascontiguousarray(value.T)
+
+  def to_torch(self, value: np.ndarray) -> np.ndarray:
+    """Flax layout → PyTorch layout."""
+    if not self.transposed:
+      return np.ascontiguousarray(value)
+    value = np.ascontiguousarray(value.T)
+    return value[..., None] if self.kind == CONV1D else value
+
+
+def _module_rows(depth: int) -> Iterable[tuple[str, str, str, str]]:
+  yield from _MODEL_ROWS
+  for i in range(depth):
+    for fpath, tprefix, kind, part in _BLOCK_ROWS:
+      yield f'blocks_{i}/{fpath}', f'blocks.blocks.{i}.{tprefix}', kind, part
+  yield from _TAIL_ROWS
+
+
+def _entries_for_module(fpath: str, tprefix: str, kind: str, part: str) -> Iterable[Entry]:
+  if kind == PARAM:
+    yield Entry('params', fpath, tprefix, kind, part)
+    return
+  for collection, fleaf, tleaf in _LEAVES[kind]:
+    if kind == SCALE_SHIFT:
+      parent, _, n = tprefix.partition('|')
+      key = f'{parent}tfts_{tleaf}_{n}'
+    else:
+      key = f'{tprefix}.{tleaf}'
+    yield Entry(collection, f'{fpath}/{fleaf}', key, kind, part)
+
+
+def all_entries(depth: int) -> list[Entry]:
+  """Every tensor of a DAPT model of `depth` blocks, in the release's module order."""
+  return [e for row in _module_rows(depth) for e in _entries_for_module(*row)]
+
+
+def batch_norm_counters(depth: int) -> list[str]:
+  """The release keys of the BatchNorm step counters (`...num_batches_tracked`)."""
+  return [f'{tprefix}.{NUM_BATCHES_TRACKED}' for _, tprefix, kind, _ in _module_rows(depth)
+          if kind == BATCH_NORM]
+
+
+def entries_for_variables(variables: Mapping[str, Mapping]) -> list[Entry]:
+  """The entries of exactly the leaves of `variables` ({'params', 'batch_stats'}).
+
+  Raises:
+    ValueError: a leaf the naming table does not cover (a model change not mirrored here), or a
+      table entry the model lacks.
+  """
+  have = {f'{c}/{p}' for c in ('params', 'batch_stats') for p in flatten(variables.get(c, {}))}
+  depth = 0
+  while f'params/blocks_{depth}/norm1/scale' in have:
+    depth += 1
+  entries = all_entries(depth)
+  named = {e.name for e in entries}
+  extra = sorted(have - named)
+  if extra:
+    raise ValueError(f'the model has {extra[0]} which convert/keymap.py does not map'
+                     + (f' (and {len(extra) - 1} more)' if len(extra) > 1 else ''))
+  missing = [e.name for e in entries if e.name not in have]
+  if missing:
+    raise ValueError(f'the model lacks {missing[0]} which convert/keymap.py expects')
+  return entries
+
+
+_BLOCK_KEY = re.compile(r'^blocks\.blocks\.(\d+)\.')
+
+
+def block_index(torch_key: str) -> int | None:
+  """The block number of a release key, or None outside the blocks."""
+  m = _BLOCK_KEY.match(torch_key)
+  return int(m.group(1)) if m else None
