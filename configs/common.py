@@ -26,6 +26,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.num_classes = 15        # classifier outputs
   c.model.drop_path_rate = 0.3    # stochastic depth at the last block (linear from 0)
   c.model.drop_adapter_rate = 0.2  # dropout inside the adapter
+  c.model.head_dropout_rate = 0.5  # dropout in the classification head (release: 0.5)
   c.model.head_tokens = ('cls', 'prompt', 'patch')  # head input: class token, prompt mean, patch max
   c.model.freeze_bn_stats = False  # True: frozen encoder BatchNorm uses running stats (release: False)
   c.model.dtype = 'float32'       # compute dtype: float32 or bfloat16 (params stay float32)
@@ -45,6 +46,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.synthetic_points = 1024     # synthetic_shapes: points per stored cloud
   c.data.synthetic_num_classes = 10  # synthetic_shapes: classes
   c.data.synthetic_seed = 0          # synthetic_shapes: generator seed
+  c.data.source_format = 'auto'      # modelnet40: 'auto', 'dat', 'txt' or 'h5' files in data_dir
+  c.data.modelnet_points = 8192      # modelnet40: points kept per shape when preparing raw files
 
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 5e-4               # peak learning rate (AdamW)

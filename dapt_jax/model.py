@@ -130,6 +130,10 @@ def build_model(cfg: Any, axis_name: Optional[str] = None) -> DAPTClassifier:
     ModelConfigError: with a one-line message naming the offending field.
   """
   v = {f: _get(cfg, f) for f in MODEL_FIELDS}
+  try:
+    head_dropout = float(_get(cfg, 'head_dropout_rate'))
+  except ModelConfigError:
+    head_dropout = 0.5  # the release's fixed value; older configs do not carry the field
   head_tokens = tuple(v['head_tokens'])
   if not head_tokens or any(t not in HEAD_TOKENS for t in head_tokens):
     raise ModelConfigError(
@@ -159,7 +163,8 @@ def build_model(cfg: Any, axis_name: Optional[str] = None) -> DAPTClassifier:
       rank=v['rank'], num_classes=v['num_classes'],
       drop_path_rate=float(v['drop_path_rate']),
       drop_adapter_rate=float(v['drop_adapter_rate']), head_tokens=head_tokens,
-      freeze_bn_stats=bool(v['freeze_bn_stats']), dtype=dtypes[v['dtype']], axis_name=axis_name)
+      freeze_bn_stats=bool(v['freeze_bn_stats']), dtype=dtypes[v['dtype']], axis_name=axis_name,
+      head_dropout_rate=head_dropout)
 
 
 def init_variables(net: DAPTClassifier, key: jax.Array, num_points: int,

@@ -1,0 +1,92 @@
+"""Metrics a person can read: JSON lines and TensorBoard events in the workdir, and a PNG of the
+training curves at the end."""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Mapping, Optional
+
+import jax
+
+METRICS_FILE = 'metrics.jsonl'
+CURVES_FILE = 'curves.png'
+
+
+class MetricWriter:
+  """Appends `{'step', 'epoch', 'split', ...metrics}` lines to metrics.jsonl and writes the same
+  scalars as TensorBoard events under `tensorboard/`. Only process 0 writes."""
+
+  def __init__(self, workdir: str):
+    self.enabled = jax.process_index() == 0
+    self.path = os.path.join(workdir, METRICS_FILE)
+    self._tb = None
+    if self.enabled:
+      try:
+        from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+        self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+      except ImportError:  # TensorBoard events are optional; the JSON lines are not.
+        self._tb = None
+
+  def write(self, split: str, step: int, epoch: int, metrics: Mapping[str, Any]) -> None:
+    if not self.enabled:
+      return
+    record = {'split': split, 'step': int(step), 'epoch': int(epoch)}
+    record.update({k: (float(v) if not isinstance(v, (list, dict, str)) else v)
+                   for k, v in metrics.items()})
+    with open(self.path, 'a') as f:
+      f.write(json.dumps(record) + '\n')
+    if self._tb is not None:
+      for k, v in record.items():
+        if k not in ('split', 'step', 'epoch') and isinstance(v, float):
+          self._tb.add_scalar(f'{split}/{k}', v, int(step))
+      self._tb.flush()
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  path = os.path.join(workdir, METRICS_FILE)
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def plot_curves(workdir: str) -> Optional[str]:
+  """Training loss and evaluation accuracy against epochs, as workdir/curves.png."""
+  records = read_metrics(workdir)
+  train = [r for r in records if r['split'] == 'train' and 'loss' in r]
+  evals = [r for r in records if r['split'] == 'eval' and 'accuracy' in r]
+  if not train and not evals:
+    return None
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+  if train:
+    ax1.plot([r['step'] for r in train], [r['loss'] for r in train], label='train loss')
+    ax1.set_xlabel('step')
+    ax1.set_ylabel('cross-entropy')
+    ax1.set_title('training loss')
+    ax1.grid(alpha=0.3)
+  if train and 'accuracy' in train[0]:
+    ax2.plot([r['epoch'] for r in train], [100 * r['accuracy'] for r in train], '.',
+             alpha=0.4, label='train (batch)')
+  if evals:
+    ax2.plot([r['epoch'] for r in evals], [100 * r['accuracy'] for r in evals], 'o-',
+             label='eval overall')
+    if 'mean_class_accuracy' in evals[0]:
+      ax2.plot([r['epoch'] for r in evals], [100 * r['mean_class_accuracy'] for r in evals],
+               's--', label='eval mean class')
+  ax2.set_xlabel('epoch')
+  ax2.set_ylabel('accuracy (%)')
+  ax2.set_title('accuracy')
+  ax2.grid(alpha=0.3)
+  ax2.legend()
+  fig.tight_layout()
+  path = os.path.join(workdir, CURVES_FILE)
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path
