@@ -76,6 +76,11 @@ def main(argv):
               f"best {100 * summary['best_accuracy']:.2f} % at epoch {summary['best_epoch']}; "
               f"{summary['trainable_parameters']:,} of {summary['total_parameters']:,} "
               f"parameters trained")
+      elif summary['stopped'] == 'finished':
+        best = summary['best_accuracy']
+        print(f"the run in {FLAGS.workdir} is already complete ({summary['steps']} steps)"
+              + (f"; best accuracy {100 * best:.2f} % at epoch {summary['best_epoch']}"
+                 if best is not None else ''))
       else:
         print(f"stopped after step {summary['steps']} ({summary['stopped']}); "
               're-run the same command to resume')

@@ -30,6 +30,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.head_tokens = ('cls', 'prompt', 'patch')  # head input: class token, prompt mean, patch max
   c.model.freeze_bn_stats = False  # True: frozen encoder BatchNorm uses running stats (release: False)
   c.model.dtype = 'float32'       # compute dtype: float32 or bfloat16 (params stay float32)
+  c.model.remat = False           # recompute block activations in the backward pass (saves memory)
 
   c.partition_rules = tuple(partition.DAPT_RULES)  # ordered (regex over param path, label); first match wins
 
@@ -39,6 +40,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.tfds_data_dir = config_dict.placeholder(str)  # prepared TFDS files; None: ~/.cache/dapt_jax/tfds
   c.data.num_points = 2048        # N points per cloud fed to the model
   c.data.point_all = 2400         # training: FPS to this many (capped at the cloud size), then a random N
+  c.data.skip_full_fps = False    # skip that FPS when it would keep the whole cloud (it only reorders)
   c.data.train_split = 'train'    # split trained on
   c.data.eval_split = 'test'      # split evaluated on
   c.data.synthetic_num_train = 1024  # synthetic_shapes: training clouds

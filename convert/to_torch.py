@@ -6,6 +6,7 @@ The result is saved as `{'base_model': state_dict}`, which the PyTorch release's
 from __future__ import annotations
 
 import collections
+import json
 import os
 from typing import Any, Mapping
 
@@ -81,6 +82,10 @@ def fields_for(src_dir: str, config: str | None) -> dict[str, Any]:
     raise ConvertError(f'{src_dir}: no such directory')
   if config is not None:
     return model_config.model_fields(model_config.load_config(config))
+  run_config = os.path.join(src_dir, 'config.json')  # a training workdir records its config
+  if os.path.isfile(run_config):
+    with open(run_config) as f:
+      return dict(json.load(f)['model'])
   report = pretrained.load_report(src_dir)
   if report is None or 'model' not in report:
     raise ConvertError(f'{src_dir} has no report.json saying which model it holds; pass --config')

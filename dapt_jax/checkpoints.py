@@ -130,3 +130,33 @@ def params_from_workdir(workdir: str, template_state, which: str = 'best'):
     ckpts.close()
   return {'params': partition.merge(state.trainable, frozen),
           'batch_stats': state.batch_stats}, meta
+
+
+def is_workdir(path: str) -> bool:
+  """Whether `path` is a training workdir (holds checkpoints/last and checkpoints/frozen)."""
+  root = os.path.join(path, 'checkpoints')
+  return os.path.isdir(os.path.join(root, 'last')) and os.path.isdir(os.path.join(root, 'frozen'))
+
+
+def workdir_variables(workdir: str, which: str = 'best') -> tuple[dict, int]:
+  """{'params', 'batch_stats'} (numpy) of a workdir's best save (or last, if none is best),
+  read without knowing the model: the saved trees are plain nested dicts.
+
+  Returns (variables, step).
+  """
+  root = os.path.abspath(os.path.join(workdir, 'checkpoints'))
+  step, chosen = None, None
+  for name in (which, 'last'):
+    d = os.path.join(root, name)
+    steps = sorted(int(s) for s in os.listdir(d) if s.isdigit()) if os.path.isdir(d) else []
+    if steps:
+      step, chosen = steps[-1], d
+      break
+  if step is None:
+    raise CheckpointError(f'{workdir}: the training workdir has no checkpoint yet')
+  with ocp.StandardCheckpointer() as ckptr:
+    state = ckptr.restore(os.path.join(chosen, str(step), 'state'))
+    frozen = ckptr.restore(os.path.join(root, 'frozen'))['frozen']
+  to_np = lambda t: jax.tree.map(np.asarray, dict(t)) if t else {}
+  params = partition.merge(to_np(state['trainable']), to_np(frozen))
+  return {'params': params, 'batch_stats': to_np(state['batch_stats'])}, step

@@ -67,6 +67,7 @@ class DAPTClassifier(nn.Module):
   dtype: Any = jnp.float32
   axis_name: Optional[str] = None
   head_dropout_rate: float = 0.5  # the release's fixed head dropout; tests set 0 for parity
+  remat: bool = False  # recompute each block's activations in the backward pass (less memory)
 
   def tokenize(self, points: Array) -> tuple[Array, Array]:
     """points [B, N, 3] → (neighborhood [B, G, K, 3], centers [B, G, 3])."""
@@ -96,8 +97,10 @@ class DAPTClassifier(nn.Module):
     pos = jnp.concatenate([jnp.broadcast_to(cls_pos, (b, 1, c)).astype(pos.dtype), pos], 1)
     x = x + pos
 
+    block_cls = (nn.remat(transformer.DAPTBlock, static_argnums=(2,)) if self.remat
+                 else transformer.DAPTBlock)
     for i, rate in enumerate(layers.drop_path_rates(self.drop_path_rate, self.depth)):
-      x = transformer.DAPTBlock(self.num_heads, self.mlp_ratio, self.rank, rate,
+      x = block_cls(self.num_heads, self.mlp_ratio, self.rank, rate,
                                 self.drop_adapter_rate, self.dtype, name=f'blocks_{i}')(x, train)
 
     x = layers.ScaleShift(name='norm_tfts')(layers.layer_norm('norm', self.dtype)(x))
@@ -130,10 +133,13 @@ def build_model(cfg: Any, axis_name: Optional[str] = None) -> DAPTClassifier:
     ModelConfigError: with a one-line message naming the offending field.
   """
   v = {f: _get(cfg, f) for f in MODEL_FIELDS}
-  try:
-    head_dropout = float(_get(cfg, 'head_dropout_rate'))
-  except ModelConfigError:
-    head_dropout = 0.5  # the release's fixed value; older configs do not carry the field
+  # Optional fields (older configs and converted-checkpoint configs may not carry them).
+  optional = {}
+  for field, default in (('head_dropout_rate', 0.5), ('remat', False)):
+    try:
+      optional[field] = _get(cfg, field)
+    except ModelConfigError:
+      optional[field] = default
   head_tokens = tuple(v['head_tokens'])
   if not head_tokens or any(t not in HEAD_TOKENS for t in head_tokens):
     raise ModelConfigError(
@@ -164,7 +170,7 @@ def build_model(cfg: Any, axis_name: Optional[str] = None) -> DAPTClassifier:
       drop_path_rate=float(v['drop_path_rate']),
       drop_adapter_rate=float(v['drop_adapter_rate']), head_tokens=head_tokens,
       freeze_bn_stats=bool(v['freeze_bn_stats']), dtype=dtypes[v['dtype']], axis_name=axis_name,
-      head_dropout_rate=head_dropout)
+      head_dropout_rate=float(optional['head_dropout_rate']), remat=bool(optional['remat']))
 
 
 def init_variables(net: DAPTClassifier, key: jax.Array, num_points: int,

@@ -95,6 +95,8 @@ def load_report(path: str | os.PathLike) -> dict | None:
 def load_converted(path: str | os.PathLike) -> dict[str, dict]:
   """Restores a converted checkpoint: {'params': nested dict, 'batch_stats': nested dict}.
 
+  `path` may also be a training workdir (main.py's --workdir): its best checkpoint is read.
+
   Leaves are numpy arrays; a collection the checkpoint does not hold comes back empty.
 
   Raises:
@@ -103,6 +105,13 @@ def load_converted(path: str | os.PathLike) -> dict[str, dict]:
   src = os.path.abspath(os.fspath(path))
   if not os.path.isdir(src):
     raise PretrainedError(f'{src}: no such directory (make one with python -m convert)')
+  from dapt_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  if checkpoints.is_workdir(src):  # a training run: its best (else last) checkpoint
+    try:
+      variables, _ = checkpoints.workdir_variables(src)
+    except checkpoints.CheckpointError as e:
+      raise PretrainedError(str(e)) from None
+    return {c: dict(variables.get(c, {})) for c in COLLECTIONS}
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top  (slow to import)
   try:
     restored = ocp.StandardCheckpointer().restore(src)

@@ -61,13 +61,14 @@ def _sample_keys(key: jax.Array, local_batch: int) -> jax.Array:
   return jax.vmap(lambda i: jax.random.fold_in(key, i))(offset + jnp.arange(local_batch))
 
 
-def _train_views(key, points, num_points, point_all):
+def _train_views(key, points, num_points, point_all, skip_full_fps=False):
   keys = _sample_keys(key, points.shape[0])
-  return augment.train_views_per_sample(keys, points, num_points, point_all)
+  return augment.train_views_per_sample(keys, points, num_points, point_all, skip_full_fps)
 
 
 def train_step(state: TrainState, batch: dict, *, net: Any, tx: optax.GradientTransformation,
-               num_points: int, point_all: int) -> tuple[TrainState, dict]:
+               num_points: int, point_all: int, skip_full_fps: bool = False
+               ) -> tuple[TrainState, dict]:
   """One optimizer step on one device's share of the global batch.
 
   batch: {'points': [b, P, 3] float32, 'label': [b] int32} (b = global batch / devices).
@@ -75,7 +76,7 @@ def train_step(state: TrainState, batch: dict, *, net: Any, tx: optax.GradientTr
   """
   step_key = jax.random.fold_in(state.rng, state.step)
   aug_key, drop_key = jax.random.split(step_key)
-  points = _train_views(aug_key, batch['points'], num_points, point_all)
+  points = _train_views(aug_key, batch['points'], num_points, point_all, skip_full_fps)
   drop_key = jax.random.fold_in(drop_key, jax.lax.axis_index(AXIS))
   labels = batch['label']
 
@@ -207,10 +208,11 @@ class DataParallel:
 
 
 def make_steps(parallel: DataParallel, net: Any, tx: optax.GradientTransformation,
-               num_points: int, point_all: int, votes: int = 1):
+               num_points: int, point_all: int, votes: int = 1, skip_full_fps: bool = False):
   """The wrapped (train_step, eval_step) for this model, optimizer and data setting."""
   train = parallel.wrap_train(functools.partial(
-      train_step, net=net, tx=tx, num_points=num_points, point_all=point_all))
+      train_step, net=net, tx=tx, num_points=num_points, point_all=point_all,
+      skip_full_fps=skip_full_fps))
   evaluate = parallel.wrap_eval(functools.partial(
       eval_step, net=net, num_points=num_points, point_all=point_all, votes=votes))
   return train, evaluate

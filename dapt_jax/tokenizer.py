@@ -49,13 +49,14 @@ def farthest_point_sample(points: Array, num_samples: int) -> Array:
     dy = y - last_pt[:, 1:2]
     dz = z - last_pt[:, 2:3]
     d = dx * dx + dy * dy + dz * dz
+    # Ineligible points start at -1 and stay there (min with d >= 0), so they never win.
     dist = jnp.minimum(dist, d)
-    nxt = jnp.argmax(jnp.where(eligible, dist, -1.0), axis=-1).astype(jnp.int32)
+    nxt = jnp.argmax(dist, axis=-1).astype(jnp.int32)
     indices = indices.at[:, i].set(nxt)
     return indices, dist, nxt
 
   indices = jnp.zeros((batch, num_samples), jnp.int32)
-  dist = jnp.full((batch, n), FPS_INITIAL_DISTANCE, jnp.float32)
+  dist = jnp.where(eligible, FPS_INITIAL_DISTANCE, -1.0).astype(jnp.float32)
   last = jnp.zeros((batch,), jnp.int32)
   indices, _, _ = jax.lax.fori_loop(1, num_samples, body, (indices, dist, last))
   return indices

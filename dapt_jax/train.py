@@ -209,7 +209,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # Step functions.
   parallel = steps_lib.DataParallel(config.parallel, config.batch_size)
   train_step, eval_step = steps_lib.make_steps(parallel, net, tx, config.data.num_points,
-                                               config.data.point_all, votes=1)
+                                               config.data.point_all, votes=1,
+                                               skip_full_fps=config.data.skip_full_fps)
   state_dev = parallel.put_state(state)
   writer = reporting.MetricWriter(workdir)
 

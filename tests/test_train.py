@@ -249,3 +249,30 @@ def test_main_reports_user_errors_in_one_line(tmp_path):
                     '--mode=predict', f'--input={tmp_path}/missing.ply')
   assert bad_input.returncode == 2
   assert bad_input.stderr.strip().splitlines()[-1] == f'error: {tmp_path}/missing.ply: no such file'
+
+
+def test_training_workdir_converts_to_torch_and_loads_as_init_from(tmp_path):
+  torch = pytest.importorskip('torch')
+  from convert import __main__ as convert_main
+  from tests import torch_reference
+  workdir = str(tmp_path / 'run')
+  config = tiny_config(tmp_path, max_steps=2)
+  train.train_and_evaluate(config, workdir)
+  dst = str(tmp_path / 'run.pth')
+  assert convert_main.main(['--to-torch', workdir, dst]) == 0
+  sd = torch.load(dst, weights_only=True)['base_model']
+  m = config.model
+  ref = torch_reference.TorchDAPT(
+      trans_dim=m.trans_dim, depth=m.depth, num_heads=m.num_heads, num_group=m.num_group,
+      group_size=m.group_size, rank=m.rank, num_classes=m.num_classes,
+      head_tokens=m.head_tokens)
+  ref.load_state_dict(sd, strict=True)
+  ref.eval()
+  # The workdir also serves as --config.init_from, and both models agree.
+  cfg2 = tiny_config(tmp_path, init_from=workdir)
+  net, variables, _ = train.build(cfg2)
+  pts = np.random.default_rng(1).normal(size=(3, 64, 3)).astype(np.float32)
+  got = np.asarray(net.clone(axis_name=None).apply(variables, pts, train=False))
+  with torch.no_grad():
+    want = ref(torch.from_numpy(pts)).numpy()
+  np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)

@@ -1,0 +1,92 @@
+r"""python -m dapt_jax.bench [--quick] [--out DIR]
+
+Measures dapt-jax against the PyTorch reference on the devices present and writes
+DIR/bench.json (every record) and DIR/bench.md (the tables). See docs/benchmarks.md.
+
+  --quick       batch 8, 1 warm-up + 4 timed steps, a reduced scaling set: < 10 min on 2 CPU cores
+  (default)     batch 32 then doubling up to --max-batch while it fits, 3 warm-up + 20 timed steps
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+
+
+def _parse(argv):
+  p = argparse.ArgumentParser(prog='python -m dapt_jax.bench', description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument('--quick', action='store_true', help='the short setting (see above)')
+  p.add_argument('--out', default='runs/bench', help='output folder for bench.json / bench.md')
+  p.add_argument('--frameworks', default='jax,torch', help='comma list of jax, torch')
+  p.add_argument('--modes', default='dapt,full,linear', help='comma list of dapt, full, linear')
+  p.add_argument('--batches', default=None,
+                 help='comma list of batch sizes (turns off the search for the largest batch)')
+  p.add_argument('--max-batch', type=int, default=512, help='largest batch the search tries')
+  p.add_argument('--warmup', type=int, default=None, help='untimed steps after compilation')
+  p.add_argument('--steps', type=int, default=None, help='timed steps (median reported)')
+  p.add_argument('--no-scaling', action='store_true', help='skip the N / G scaling table')
+  p.add_argument('--no-bf16', action='store_true', help='skip the bfloat16 comparison')
+  p.add_argument('--parallel', default='shard_map', choices=('shard_map', 'pmap'))
+  p.add_argument('--model', default=None,
+                 help='JSON object of model config overrides, e.g. \'{"depth": 2}\' (smoke runs)')
+  p.add_argument('--one', default=None, help=argparse.SUPPRESS)  # child: one JSON spec
+  return p.parse_args(argv)
+
+
+def _child(spec_json: str) -> None:
+  from dapt_jax.bench import runner  # pylint: disable=g-import-not-at-top
+  from dapt_jax.bench import spec as spec_lib  # pylint: disable=g-import-not-at-top
+  rec = runner.measure(spec_lib.make_spec(**json.loads(spec_json)))
+  print(runner.RECORD_PREFIX + json.dumps(rec), flush=True)
+
+
+def main(argv=None) -> None:
+  args = _parse(argv if argv is not None else sys.argv[1:])
+  if args.one is not None:
+    _child(args.one)
+    return
+  from dapt_jax.bench import report  # pylint: disable=g-import-not-at-top
+  from dapt_jax.bench import runner  # pylint: disable=g-import-not-at-top
+  plan = runner.Plan(
+      quick=args.quick, frameworks=args.frameworks.split(','), modes=args.modes.split(','),
+      batches=[int(b) for b in args.batches.split(',')] if args.batches else None,
+      max_batch=args.max_batch, scaling=not args.no_scaling, bf16=not args.no_bf16,
+      warmup=args.warmup, steps=args.steps, parallel=args.parallel,
+      model=json.loads(args.model) if args.model else None)
+  os.makedirs(args.out, exist_ok=True)
+  start = time.perf_counter()
+  records = runner.run(plan, log=lambda s: print(s, flush=True))
+  wall = time.perf_counter() - start
+  devices = sorted({r['device'] for r in records if r.get('device')})
+  baselines = {r['framework']: r['baseline_rss_bytes'] for r in records
+               if r.get('baseline_rss_bytes')}
+  header = {
+      'date': datetime.date.today().isoformat(),
+      'command': 'python -m dapt_jax.bench ' + ' '.join(sys.argv[1:] if argv is None else argv),
+      'devices': '; '.join(devices),
+      'host': f'{platform.processor() or platform.machine()}, {os.cpu_count()} cores, '
+              f'Python {platform.python_version()}',
+      'setting': (f"{'quick' if plan.quick else 'full'}: {plan.warmup} warm-up + {plan.steps} "
+                  'timed steps per configuration (median), synthetic ellipsoid clouds of N points, '
+                  'batch resident on the device'),
+      'memory': ('CPU: peak RSS of the configuration\'s own process minus its RSS after imports '
+                 f"(baseline after imports: "
+                 + ', '.join(f'{k} {v / 2**20:.0f} MiB' for k, v in baselines.items())
+                 + '); GPU: the allocator\'s peak'),
+      'wall time': f'{wall / 60:.1f} min',
+  }
+  with open(os.path.join(args.out, 'bench.json'), 'w') as f:
+    json.dump({'header': header, 'records': records}, f, indent=1)
+  md = report.render_markdown(records, header)
+  with open(os.path.join(args.out, 'bench.md'), 'w') as f:
+    f.write(md)
+  print(md)
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,168 @@
+"""One measurement with dapt_jax's real steps (`dapt_jax.steps.make_steps`): compile time, the
+median train / eval step, peak memory, and FPS + kNN alone."""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any, Callable
+
+from dapt_jax.bench import clouds
+from dapt_jax.bench import memory
+from dapt_jax.bench import spec as spec_lib
+
+
+def _median_time(fn: Callable[[], Any], warmup: int, steps: int) -> tuple[float, list[float]]:
+  import jax  # pylint: disable=g-import-not-at-top
+  for _ in range(warmup):
+    jax.block_until_ready(fn())
+  times = []
+  for _ in range(steps):
+    t = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - t)
+  return statistics.median(times), times
+
+
+def _random_variables(net, num_points: int, seed: int) -> dict:
+  """Variables of the model's shapes with random values, without compiling `net.init`.
+
+  Throughput does not depend on the values; `init_variables` would compile the whole forward
+  pass once more (about 40 s for the full-size model on 2 CPU cores).
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from flax import traverse_util  # pylint: disable=g-import-not-at-top
+  key = jax.random.PRNGKey(seed)
+  shapes = jax.eval_shape(
+      lambda k: net.clone(axis_name=None).init({'params': k, 'dropout': k},
+                                               jnp.zeros((2, num_points, 3)), train=False), key)
+  rng = np.random.default_rng(seed)
+
+  def value(path, s):
+    name = path[-1]
+    if len(s.shape) >= 2:
+      return (0.02 * rng.standard_normal(s.shape)).astype(np.float32)
+    if name in ('scale', 'gamma', 'var'):
+      return np.ones(s.shape, np.float32)
+    return np.zeros(s.shape, np.float32)
+
+  out = {}
+  for col in ('params', 'batch_stats'):
+    flat = traverse_util.flatten_dict(shapes[col])
+    out[col] = traverse_util.unflatten_dict({p: value(p, s) for p, s in flat.items()})
+  return out
+
+
+def build_config(spec: dict):
+  """The PB-T50-RS config with the spec's shape, dtype and model overrides applied."""
+  from configs import scanobjectnn  # pylint: disable=g-import-not-at-top
+  cfg = scanobjectnn.get_config('hardest')
+  with cfg.unlocked():
+    for field, value in spec['model'].items():
+      if field not in cfg.model:
+        raise ValueError(f'model override {field!r}: not a model config field')
+      cfg.model[field] = tuple(value) if isinstance(value, list) else value
+    if spec['num_group'] is not None:
+      cfg.model.num_group = spec['num_group']
+    if spec['group_size'] is not None:
+      cfg.model.group_size = spec['group_size']
+    cfg.model.dtype = spec['dtype']
+    cfg.data.num_points = spec['num_points']
+    cfg.data.point_all = spec_lib.point_all(spec['num_points'])
+    cfg.batch_size = spec['batch']
+    cfg.parallel = spec['parallel']
+  return cfg
+
+
+def device_peak_bytes() -> int | None:
+  """The allocator's peak over the local devices (GPU / TPU); None where it keeps no statistics."""
+  import jax  # pylint: disable=g-import-not-at-top
+  peaks = []
+  for d in jax.local_devices():
+    stats = d.memory_stats() if hasattr(d, 'memory_stats') else None
+    if stats and 'peak_bytes_in_use' in stats:
+      peaks.append(int(stats['peak_bytes_in_use']))
+  return max(peaks) if peaks else None
+
+
+def measure(spec: dict) -> dict:
+  """Runs one spec; returns the record (see runner.RECORD_FIELDS)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from dapt_jax import model as model_lib  # pylint: disable=g-import-not-at-top
+  from dapt_jax import optim  # pylint: disable=g-import-not-at-top
+  from dapt_jax import partition  # pylint: disable=g-import-not-at-top
+  from dapt_jax import steps  # pylint: disable=g-import-not-at-top
+  from dapt_jax import tokenizer  # pylint: disable=g-import-not-at-top
+  from dapt_jax.data import augment  # pylint: disable=g-import-not-at-top
+
+  baseline = memory.peak_rss_bytes()
+  dev = jax.devices()[0]
+  rec: dict[str, Any] = {
+      'framework': 'jax', 'version': jax.__version__, 'platform': dev.platform,
+      'device': f'{dev.platform}: {getattr(dev, "device_kind", "?")} x{jax.device_count()}',
+      'baseline_rss_bytes': baseline}
+
+  cfg = build_config(spec)
+  n, b = spec['num_points'], spec['batch']
+  net = model_lib.build_model(cfg.model, axis_name=steps.AXIS)
+  variables = _random_variables(net, n, spec['seed'])
+  labels = partition.label_params(variables['params'], partition.PRESETS[spec['mode']])
+  counts = partition.count(variables['params'], labels)['total']
+  rec.update(trainable_params=counts[partition.TRAINABLE], total_params=counts['total'],
+             num_group=cfg.model.num_group, group_size=cfg.model.group_size)
+  tx = optim.make_optimizer(cfg.optim, labels, optim.make_schedule(cfg.optim, cfg.num_epochs, 100))
+  state = steps.create_state(variables, labels, tx, jax.random.PRNGKey(spec['seed'] + 1))
+  del variables
+  parallel = steps.DataParallel(cfg.parallel, b)
+  train_step, eval_step = steps.make_steps(parallel, net, tx, n, cfg.data.point_all)
+  state = parallel.put_state(state)
+  host_batch = clouds.ellipsoid_batch(b, n, cfg.model.num_classes, spec['seed'])
+  batch = parallel.put_batch(host_batch)
+
+  if spec['train']:
+    t = time.perf_counter()
+    compiled = train_step.lower(state, batch).compile()
+    rec['compile_s'] = time.perf_counter() - t
+    # XLA's compiler can use more host memory than the step; measure the step on its own.
+    rec['compile_peak_rss_bytes'] = memory.peak_rss_bytes()
+    rec['peak_reset_after_compile'] = memory.reset_peak_rss()
+    holder = {'state': state}
+
+    def one_step():
+      holder['state'], holder['metrics'] = compiled(holder['state'], batch)  # state donated
+      return holder['state'], holder['metrics']
+
+    step_s, times = _median_time(one_step, spec['warmup'], spec['steps'])
+    state = holder['state']
+    rec.update(step_s=step_s, step_times_s=times, samples_per_s=b / step_s,
+               loss_finite=bool(jnp.isfinite(jnp.ravel(holder['metrics']['loss'])[0])))
+  # Peak memory of training, read before evaluation and the extra timings run.
+  device_peak = device_peak_bytes()
+  if device_peak is not None:
+    rec.update(peak_bytes=device_peak, peak_source='device peak_bytes_in_use')
+  else:
+    peak = memory.peak_rss_since_reset_bytes()
+    rec.update(peak_bytes=peak, peak_source='process peak RSS',
+               peak_net_bytes=peak - baseline)
+
+  if spec['eval']:
+    t = time.perf_counter()
+    compiled_eval = eval_step.lower(state, batch).compile()
+    rec['eval_compile_s'] = time.perf_counter() - t
+    eval_s, _ = _median_time(lambda: compiled_eval(state, batch), 1, max(3, spec['steps'] // 2))
+    rec.update(eval_step_s=eval_s, eval_samples_per_s=b / eval_s)
+
+  if spec['grouping']:
+    points = jnp.asarray(host_batch['points'])
+    g, k = cfg.model.num_group, cfg.model.group_size
+    group = jax.jit(lambda p: tokenizer.group_points(p, g, k))
+    view = jax.jit(lambda key, p: augment.train_view(key, p, n, cfg.data.point_all))
+    reps = max(3, spec['steps'] // 2)
+    rec['group_s'], _ = _median_time(lambda: group(points), 1, reps)
+    rec['train_view_s'], _ = _median_time(lambda: view(jax.random.PRNGKey(0), points), 1, reps)
+    if 'step_s' in rec:
+      rec['group_share'] = rec['group_s'] / rec['step_s']
+      rec['train_view_share'] = rec['train_view_s'] / rec['step_s']
+  return rec
