@@ -118,20 +118,6 @@ class Checkpoints:
     self.best.close()
 
 
-def params_from_workdir(workdir: str, template_state, which: str = 'best'):
-  """Full {'params', 'batch_stats'} of a training workdir's best (or last) save."""
-  ckpts = Checkpoints(workdir)
-  try:
-    if ckpts.latest_step(which) is None:
-      which = 'last'
-    state, meta = ckpts.restore(template_state, which)
-    frozen = ckpts.restore_frozen(template_state.frozen)
-  finally:
-    ckpts.close()
-  return {'params': partition.merge(state.trainable, frozen),
-          'batch_stats': state.batch_stats}, meta
-
-
 def is_workdir(path: str) -> bool:
   """Whether `path` is a training workdir (holds checkpoints/last and checkpoints/frozen)."""
   root = os.path.join(path, 'checkpoints')

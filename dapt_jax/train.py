@@ -310,14 +310,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def _variables_for_eval(config, workdir, net, variables, labels):
-  """The variables to evaluate: the workdir's best checkpoint if it has one, else init_from."""
-  has_run = workdir and os.path.isdir(os.path.join(workdir, 'checkpoints', 'last'))
-  if has_run and ckpt_lib.Checkpoints(workdir).latest_step() is not None:
-    tx = optim.make_optimizer(config.optim, labels, lambda s: 0.0)
-    template = jax.tree.map(np.asarray, steps_lib.create_state(
-        variables, labels, tx, jax.random.PRNGKey(0)))
-    loaded, meta = ckpt_lib.params_from_workdir(workdir, template, 'best')
-    return loaded, f'{workdir} (step {meta.get("loader", {}).get("epoch", "?")} epochs)'
+  """The variables to evaluate: the workdir's best checkpoint if it has one, else init_from
+  (already merged into `variables` by `build`)."""
+  del net, labels
+  if workdir and ckpt_lib.is_workdir(workdir):
+    try:
+      loaded, step = ckpt_lib.workdir_variables(workdir, 'best')
+    except ckpt_lib.CheckpointError:
+      loaded = None
+    if loaded is not None:
+      variables, _ = pretrained.merge_pretrained(variables, loaded)
+      return variables, f'{workdir} (step {step})'
   if config.init_from:
     return variables, config.init_from
   raise TrainingError(f'nothing to evaluate: {workdir} has no checkpoint and no '
