@@ -54,7 +54,13 @@ def main(argv):
   logging.getLogger('absl').setLevel(logging.WARNING)
   import jax  # pylint: disable=g-import-not-at-top
   if _multi_host():
-    jax.distributed.initialize()
+    env = os.environ
+    if env.get('JAX_COORDINATOR_ADDRESS') and env.get('JAX_NUM_PROCESSES'):
+      jax.distributed.initialize(coordinator_address=env['JAX_COORDINATOR_ADDRESS'],
+                                 num_processes=int(env['JAX_NUM_PROCESSES']),
+                                 process_id=int(env.get('JAX_PROCESS_ID', '0')))
+    else:  # SLURM, TPU pods, ...: JAX detects the cluster itself
+      jax.distributed.initialize()
 
   from dapt_jax import checkpoints  # pylint: disable=g-import-not-at-top
   from dapt_jax import data  # pylint: disable=g-import-not-at-top

@@ -120,6 +120,14 @@ def eval_step(state: TrainState, batch: dict, *, net: Any, num_points: int, poin
   return jnp.mean(logits, axis=0)
 
 
+def _local_copy(x: Any) -> np.ndarray:
+  """A replicated array's value from this host's first shard (works on multi-host arrays,
+  which np.asarray refuses because they are not fully addressable)."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    return np.asarray(x.addressable_data(0))
+  return np.asarray(x)
+
+
 class DataParallel:
   """Runs the per-device steps over every device of every host.
 
@@ -158,7 +166,7 @@ class DataParallel:
     """The state as host-side arrays without the device axis."""
     if self.mode == 'pmap':
       return jax.tree.map(lambda x: np.asarray(x[0]), state)
-    return jax.tree.map(np.asarray, state)
+    return jax.tree.map(_local_copy, state)
 
   def put_batch(self, batch: dict) -> dict:
     """Host-local numpy batch [host batch, ...] → device layout."""
@@ -171,7 +179,7 @@ class DataParallel:
   def unreplicate_metrics(self, metrics: dict) -> dict:
     if self.mode == 'pmap':
       return jax.tree.map(lambda x: x[0], metrics)
-    return metrics
+    return jax.tree.map(_local_copy, metrics)
 
   def gather(self, x: Any) -> np.ndarray:
     """Per-device outputs (sharded along the batch) → host array in global batch order."""
