@@ -3,7 +3,7 @@ cloud from a file for `--mode=predict`."""
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
 

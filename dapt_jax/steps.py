@@ -142,7 +142,6 @@ class DataParallel:
     self.mode = mode
     self._explicit_devices = devices is not None
     self.devices = list(devices) if devices is not None else jax.devices()
-    self.local_devices = [d for d in self.devices if d.process_index == jax.process_index()]
     n = len(self.devices)
     if global_batch_size % n:
       raise ValueError(f'batch size {global_batch_size} does not divide evenly over {n} '

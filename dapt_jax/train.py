@@ -12,7 +12,7 @@ import os
 import shutil
 import signal
 import time
-from typing import Any, Optional
+from typing import Optional
 
 import jax
 import ml_collections
@@ -27,6 +27,7 @@ from dapt_jax import partition
 from dapt_jax import pretrained
 from dapt_jax import reporting
 from dapt_jax import steps as steps_lib
+from dapt_jax.data import augment
 
 log = logging.getLogger('dapt_jax')
 
@@ -119,13 +120,10 @@ def _sources(config):
   return train_source, train_info, eval_source, eval_info
 
 
-def _eval_loader(source, config, batch_size):
-  return data_lib.EvalLoader(source, batch_size, jax.process_index(), jax.process_count())
-
-
 def _run_eval(parallel, eval_fn, state_dev, source, info, config) -> tuple[dict, np.ndarray,
                                                                            np.ndarray]:
-  batches = _eval_loader(source, config, config.eval.batch_size)
+  batches = data_lib.EvalLoader(source, config.eval.batch_size, jax.process_index(),
+                                jax.process_count())
   run = lambda b: eval_fn(state_dev, b)
   logits, labels = eval_lib.collect(run, parallel.put_batch, parallel.gather, batches)
   metrics = eval_lib.classification_metrics(logits, labels, info.num_classes, info.class_names)
@@ -362,7 +360,6 @@ def predict_file(config: ml_collections.ConfigDict, workdir: str, input_path: st
 
   @jax.jit
   def run(variables, pts):
-    from dapt_jax.data import augment  # pylint: disable=g-import-not-at-top
     return single.apply(variables, augment.eval_view(pts[None], config.data.num_points),
                         train=False)[0]
 

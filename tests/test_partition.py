@@ -1,6 +1,5 @@
 """Partition rules: first match wins, unmatched parameters are errors, split/merge round-trip."""
 import jax
-import numpy as np
 import pytest
 
 from dapt_jax import model as model_lib

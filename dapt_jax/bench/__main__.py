@@ -75,7 +75,7 @@ def main(argv=None) -> None:
                   'timed steps per configuration (median), synthetic ellipsoid clouds of N points, '
                   'batch resident on the device'),
       'memory': ('CPU: peak RSS of the configuration\'s own process minus its RSS after imports '
-                 f"(baseline after imports: "
+                 '(baseline after imports: '
                  + ', '.join(f'{k} {v / 2**20:.0f} MiB' for k, v in baselines.items())
                  + '); GPU: the allocator\'s peak'),
       'wall time': f'{wall / 60:.1f} min',

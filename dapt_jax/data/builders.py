@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Optional
-
 import numpy as np
 import tensorflow_datasets as tfds
 

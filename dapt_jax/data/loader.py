@@ -13,7 +13,7 @@ Reading runs one batch ahead in a background thread (array_record reads release 
 from __future__ import annotations
 
 import concurrent.futures
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 

@@ -102,11 +102,7 @@ def read_modelnet_txt(path: str, min_rows: int = 1) -> np.ndarray:
   Parsing is done by NumPy's C text reader on the whole file at once (`np.fromstring`), about
   50× faster than `np.loadtxt` on these files.
   """
-  try:
-    with open(path, 'rb') as f:
-      raw = f.read()
-  except OSError as e:
-    raise DataError(f'{path}: unreadable file ({_one_line(e)})') from e
+  raw = _read_bytes(path)
   try:
     text = raw.decode('ascii')
   except UnicodeDecodeError as e:
@@ -124,7 +120,7 @@ def read_modelnet_txt(path: str, min_rows: int = 1) -> np.ndarray:
     warnings.simplefilter('error')  # NumPy only warns when it stops early on a bad token
     try:
       values = np.fromstring(flat, dtype=np.float64, sep=',')  # text mode, not deprecated
-    except (ValueError, DeprecationWarning) as e:
+    except (ValueError, DeprecationWarning):
       values = None
   if values is None or values.size != 6 * len(lines):
     bad = next((i for i, ln in enumerate(lines) if ln.count(',') != 5), None)
@@ -195,11 +191,7 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
 
 def safe_load_pickle(path: str) -> Any:
   """Unpickles `path` allowing only NumPy arrays (non-object dtypes), lists, tuples, numbers."""
-  try:
-    with open(path, 'rb') as f:
-      data = f.read()
-  except OSError as e:
-    raise DataError(f'{path}: unreadable file ({_one_line(e)})') from e
+  data = _read_bytes(path)
   try:
     obj = _ArrayOnlyUnpickler(io.BytesIO(data)).load()
   except _ForbiddenGlobal as e:
@@ -264,6 +256,15 @@ def read_modelnet_dat(path: str, num_classes: int) -> tuple[np.ndarray, np.ndarr
 
 def _one_line(e: BaseException) -> str:
   return ' '.join(str(e).split()) or type(e).__name__
+
+
+def _read_bytes(path: str) -> bytes:
+  """The whole file, or a DataError naming it."""
+  try:
+    with open(path, 'rb') as f:
+      return f.read()
+  except OSError as e:
+    raise DataError(f'{path}: unreadable file ({_one_line(e)})') from e
 
 
 def require_files(paths: Sequence[str], dataset: str, instructions: str,
