@@ -89,7 +89,7 @@ class TorchBatchNorm(nn.Module):
     if self.use_running_average:
       mean, var = ra_mean.value, ra_var.value
     else:
-      xf = x.astype(jnp.float32)
+      xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))  # float64 stays (parity tests)
       axes = tuple(range(x.ndim - 1))
       n = math.prod(x.shape[:-1])
       mean = jnp.mean(xf, axis=axes)
@@ -106,7 +106,7 @@ class TorchBatchNorm(nn.Module):
         ra_var.value = (1.0 - m) * ra_var.value + m * var * (n / max(n - 1, 1))
 
     inv = jax.lax.rsqrt(var + self.epsilon) * scale
-    y = (x.astype(jnp.float32) - mean) * inv + bias
+    y = (x.astype(jnp.promote_types(x.dtype, jnp.float32)) - mean) * inv + bias
     return y.astype(x.dtype)
 
 

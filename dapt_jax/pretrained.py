@@ -131,10 +131,12 @@ def merge_pretrained(variables: Mapping[str, Mapping],
 
   Every loaded leaf must exist in `variables` with the same shape; leaves not loaded keep their
   initial values. Loaded values are cast to the variable's dtype (numpy leaves stay numpy).
+  The one allow-list: the masked autoencoder's decoder side (`mae.PRETRAIN_ONLY_PREFIXES`), which
+  a pre-trained backbone carries and a fine-tuning model lacks, is set aside as 'ignored'.
 
   Returns:
-    (merged variables, report) where report = {'loaded': [...], 'freshly_initialised': [...]},
-    each a sorted list of `collection/path` names.
+    (merged variables, report) where report = {'loaded': [...], 'freshly_initialised': [...],
+    'ignored': [...]}, each a sorted list of `collection/path` names.
   Raises:
     PretrainedError: a loaded leaf the model lacks, or a shape mismatch (names the path and both
       shapes).
@@ -142,10 +144,14 @@ def merge_pretrained(variables: Mapping[str, Mapping],
   unknown = sorted(set(loaded) - set(COLLECTIONS))
   if unknown:
     raise PretrainedError(f'converted checkpoint has an unknown collection {unknown[0]!r}')
-  merged, loaded_names, fresh_names = {}, [], []
+  from dapt_jax import mae  # pylint: disable=g-import-not-at-top
+  merged, loaded_names, fresh_names, ignored_names = {}, [], [], []
   for collection in sorted(set(variables) | set(COLLECTIONS)):
     target = partition.flatten(variables.get(collection, {}))
     source = partition.flatten(loaded.get(collection, {}))
+    pretrain_only = sorted(n for n in set(source) - set(target) if mae.is_pretrain_only(n))
+    ignored_names += [f'{collection}/{n}' for n in pretrain_only]
+    source = {n: v for n, v in source.items() if n not in pretrain_only}
     extra = sorted(set(source) - set(target))
     if extra:
       more = f' (and {len(extra) - 1} more)' if len(extra) > 1 else ''
@@ -169,5 +175,6 @@ def merge_pretrained(variables: Mapping[str, Mapping],
         fresh_names.append(f'{collection}/{name}')
     if target or collection in variables:
       merged[collection] = partition.unflatten(out) if out else {}
-  report = {'loaded': sorted(loaded_names), 'freshly_initialised': sorted(fresh_names)}
+  report = {'loaded': sorted(loaded_names), 'freshly_initialised': sorted(fresh_names),
+            'ignored': sorted(ignored_names)}
   return merged, report
