@@ -334,7 +334,7 @@ def test_init_follows_spec():
   v = mae.init_variables(net, jax.random.PRNGKey(0), 64)
   p = {k: np.asarray(x) for k, x in partition.flatten(v['params']).items()}
   k = p['blocks_0/mlp/fc1/kernel']
-  assert abs(k.std() - 0.02) < 0.002 and np.abs(k).max() <= 0.04 + 1e-6
+  assert abs(k.std() - 0.02) < 0.001 and np.abs(k).max() > 0.06  # untruncated at 2 std
   assert not p['blocks_0/mlp/fc1/bias'].any() and not p['encoder/fc1/bias'].any()
   d = p['decoder/blocks_0/attn/qkv/kernel']              # [128, 384]
   bound = math.sqrt(6.0 / (128 + 384))
