@@ -69,31 +69,31 @@ def main(argv):
   from dapt_jax import partition  # pylint: disable=g-import-not-at-top
   from dapt_jax import pretrained  # pylint: disable=g-import-not-at-top
   from dapt_jax import train  # pylint: disable=g-import-not-at-top
-  user_errors = (data.DataError, model.ModelConfigError, partition.PartitionError,
-                 pretrained.PretrainedError, checkpoints.CheckpointError,
-                 train.TrainingError, evaluate.InputError)
+  from dapt_jax import errors  # pylint: disable=g-import-not-at-top
+  user_errors = (errors.UserError, data.DataError, model.ModelConfigError,
+                 partition.PartitionError, pretrained.PretrainedError,
+                 checkpoints.CheckpointError, train.TrainingError, evaluate.InputError)
   config = FLAGS.config
   try:
     if FLAGS.mode == 'train':
       summary = train.train_and_evaluate(config, FLAGS.workdir)
-      if summary['final_accuracy'] is not None:
-        print(f"final accuracy: {100 * summary['final_accuracy']:.2f} % "
-              f"(mean class {100 * summary['final_mean_class_accuracy']:.2f} %), "
-              f"best {100 * summary['best_accuracy']:.2f} % at epoch {summary['best_epoch']}; "
-              f"{summary['trainable_parameters']:,} of {summary['total_parameters']:,} "
-              f"parameters trained")
+      best = summary['best_value']
+      best_text = (f"best {summary['best_metric']} {best:.4f} at epoch {summary['best_epoch']}"
+                   if best is not None else '')
+      if summary['final_metrics'] is not None:
+        print(f"final: {summary['final_description']}"
+              + (f'; {best_text}' if best_text else '')
+              + f"; {summary['trainable_parameters']:,} of {summary['total_parameters']:,} "
+              'parameters trained')
       elif summary['stopped'] == 'finished':
-        best = summary['best_accuracy']
         print(f"the run in {FLAGS.workdir} is already complete ({summary['steps']} steps)"
-              + (f"; best accuracy {100 * best:.2f} % at epoch {summary['best_epoch']}"
-                 if best is not None else ''))
+              + (f'; {best_text}' if best_text else ''))
       else:
         print(f"stopped after step {summary['steps']} ({summary['stopped']}); "
               're-run the same command to resume')
     elif FLAGS.mode == 'eval':
       m = train.evaluate_workdir(config, FLAGS.workdir)
-      print(f"{m['split']}: accuracy {100 * m['accuracy']:.2f} %, mean class accuracy "
-            f"{100 * m['mean_class_accuracy']:.2f} % over {m['num_samples']} samples "
+      print(f"{m['split']}: {m['description']} over {m['num_samples']} samples "
             f"(votes={m['votes']}); wrote {FLAGS.workdir}/eval_{m['split']}.json")
     else:
       top = train.predict_file(config, FLAGS.workdir, FLAGS.input)

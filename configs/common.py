@@ -10,6 +10,7 @@ from dapt_jax import partition
 
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
+  c.task = 'classification'      # what is trained: classification (dapt_jax/tasks/)
   c.seed = 0                      # root of every random key (init, dropout, augmentation, shuffling)
   c.init_from = config_dict.placeholder(str)  # converted checkpoint dir (python -m convert); None: random backbone
   c.overwrite = False             # allow a workdir that holds a run of a different config to be replaced

@@ -37,19 +37,37 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray, num_classes: 
   }
 
 
-def collect(eval_fn: Callable, put_batch: Callable, gather: Callable,
-            batches: Iterable[dict]) -> tuple[np.ndarray, np.ndarray]:
-  """Runs `eval_fn` over padded, masked batches; returns (logits, labels) of the real samples
-  only, each sample exactly once, in loader order."""
-  all_logits, all_labels = [], []
+def collect_outputs(eval_fn: Callable, put_batch: Callable, gather: Callable,
+                    batches: Iterable[dict], device_fields: Sequence[str] = ('points',)
+                    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+  """Runs `eval_fn` over padded, masked batches.
+
+  Only `device_fields` of each batch go to the devices; `eval_fn` returns a dict of per-sample
+  outputs. Returns (outputs, host fields) of the real samples only, each sample exactly once, in
+  loader order; the host fields are the batch's own (labels, 'index', ...) without 'mask'.
+  """
+  outs: dict[str, list] = {}
+  host: dict[str, list] = {}
   for batch in batches:
     mask = np.asarray(batch['mask'], bool)
-    logits = gather(eval_fn(put_batch({'points': batch['points']})))
-    all_logits.append(logits[mask])
-    all_labels.append(np.asarray(batch['label'])[mask])
-  if not all_logits:
+    result = eval_fn(put_batch({f: batch[f] for f in device_fields}))
+    for k, v in result.items():
+      outs.setdefault(k, []).append(gather(v)[mask])
+    for k, v in batch.items():
+      if k != 'mask':
+        host.setdefault(k, []).append(np.asarray(v)[mask])
+  return ({k: np.concatenate(v) for k, v in outs.items()},
+          {k: np.concatenate(v) for k, v in host.items()})
+
+
+def collect(eval_fn: Callable, put_batch: Callable, gather: Callable,
+            batches: Iterable[dict]) -> tuple[np.ndarray, np.ndarray]:
+  """Classification's (logits, labels) of the real samples, each exactly once, in loader order;
+  `eval_fn` returns logits."""
+  outputs, host = collect_outputs(lambda b: {'logits': eval_fn(b)}, put_batch, gather, batches)
+  if not outputs:
     return np.zeros((0, 0), np.float32), np.zeros((0,), np.int64)
-  return np.concatenate(all_logits), np.concatenate(all_labels)
+  return outputs['logits'], host['label']
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -88,10 +88,11 @@ class TorchBatchNorm(nn.Module):
     ra_mean = self.variable('batch_stats', 'mean', lambda: jnp.zeros((features,), jnp.float32))
     ra_var = self.variable('batch_stats', 'var', lambda: jnp.ones((features,), jnp.float32))
 
+    compute = jnp.promote_types(x.dtype, jnp.float32)  # float32, or float64 under x64
     if self.use_running_average:
       mean, var = ra_mean.value, ra_var.value
     else:
-      xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))  # float64 stays (parity tests)
+      xf = x.astype(compute)
       axes = tuple(range(x.ndim - 1))
       n = math.prod(x.shape[:-1])
       mean = jnp.mean(xf, axis=axes)
@@ -108,7 +109,7 @@ class TorchBatchNorm(nn.Module):
         ra_var.value = (1.0 - m) * ra_var.value + m * var * (n / max(n - 1, 1))
 
     inv = jax.lax.rsqrt(var + self.epsilon) * scale
-    y = (x.astype(jnp.promote_types(x.dtype, jnp.float32)) - mean) * inv + bias
+    y = (x.astype(compute) - mean) * inv + bias
     return y.astype(x.dtype)
 
 

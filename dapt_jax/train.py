@@ -27,6 +27,7 @@ from dapt_jax import partition
 from dapt_jax import pretrained
 from dapt_jax import reporting
 from dapt_jax import steps as steps_lib
+from dapt_jax import tasks
 from dapt_jax.data import augment
 
 log = logging.getLogger('dapt_jax')
@@ -79,12 +80,12 @@ def _check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
     os.replace(tmp, path)
 
 
-def build(config: ml_collections.ConfigDict, num_points: Optional[int] = None):
-  """(net with the device axis, initial variables, labels) for a config."""
-  net = model_lib.build_model(config.model, axis_name=steps_lib.AXIS)
-  num_points = num_points or config.data.num_points
+def build(config: ml_collections.ConfigDict, task: Optional[tasks.Task] = None):
+  """(net with the device axis, initial variables, labels) for a config's task."""
+  task = task or tasks.get_task(config)
+  net = task.build_model(axis_name=steps_lib.AXIS)
   key = jax.random.PRNGKey(config.seed)
-  variables = model_lib.init_variables(net.clone(axis_name=None), key, num_points)
+  variables = task.init_variables(net.clone(axis_name=None), key)
   variables = jax.tree.map(np.asarray, variables)
   if config.init_from:
     loaded = pretrained.load_converted(config.init_from)
@@ -107,27 +108,15 @@ def _log_counts(variables, labels, config) -> dict:
   return counts['total']
 
 
-def _sources(config):
-  dc = config.data
-  train_source, train_info = data_lib.get_source(dc, dc.train_split)
-  eval_source, eval_info = data_lib.get_source(dc, dc.eval_split)
-  if train_info.num_classes != config.model.num_classes:
-    raise TrainingError(f'config.model.num_classes={config.model.num_classes} but dataset '
-                        f'{dc.name} has {train_info.num_classes} classes')
-  if train_info.points_per_cloud < dc.num_points:
-    raise TrainingError(f'config.data.num_points={dc.num_points} exceeds the '
-                        f'{train_info.points_per_cloud} points per stored cloud of {dc.name}')
-  return train_source, train_info, eval_source, eval_info
-
-
-def _run_eval(parallel, eval_fn, state_dev, source, info, config) -> tuple[dict, np.ndarray,
-                                                                           np.ndarray]:
+def _run_eval(parallel, eval_fn, state_dev, source, info, config, task
+              ) -> tuple[dict, dict, dict]:
+  """(metrics, per-sample outputs, host fields) over every sample of `source` exactly once."""
   batches = data_lib.EvalLoader(source, config.eval.batch_size, jax.process_index(),
                                 jax.process_count())
   run = lambda b: eval_fn(state_dev, b)
-  logits, labels = eval_lib.collect(run, parallel.put_batch, parallel.gather, batches)
-  metrics = eval_lib.classification_metrics(logits, labels, info.num_classes, info.class_names)
-  return metrics, logits, labels
+  outputs, host = eval_lib.collect_outputs(run, parallel.put_batch, parallel.gather, batches,
+                                           task.device_fields)
+  return task.eval_metrics(outputs, host, info), outputs, host
 
 
 class _Preemption:
@@ -172,13 +161,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   _check_workdir(config, workdir)
   log.info('Devices: %d (%s), processes: %d', jax.device_count(), jax.devices()[0].platform,
            jax.process_count())
+  task = tasks.get_task(config)
 
   # Model and parameters.
-  net, variables, labels = build(config)
+  net, variables, labels = build(config, task)
   totals = _log_counts(variables, labels, config)
 
   # Data (prepared on first use; clear errors for missing or bad files).
-  train_source, train_info, eval_source, eval_info = _sources(config)
+  train_source, eval_source, eval_info = task.sources()
   loader = data_lib.TrainLoader(train_source, config.batch_size, config.seed,
                                 jax.process_index(), jax.process_count())
   steps_per_epoch = loader.steps_per_epoch
@@ -194,9 +184,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   # Checkpoints: resume when there is one.
   ckpts = ckpt_lib.Checkpoints(workdir, config.checkpoint.keep)
-  meta = {'epoch': 0, 'loader': loader.get_state(), 'best_accuracy': -1.0, 'best_epoch': -1}
+  meta = {'epoch': 0, 'loader': loader.get_state(), 'best_value': None, 'best_epoch': -1}
   if ckpts.latest_step() is not None:
     state, meta = ckpts.restore(state, 'last')
+    if 'best_value' not in meta:  # written before tasks named their best metric
+      meta['best_value'] = meta.get('best_accuracy') if meta.get('best_epoch', -1) >= 0 else None
     state = state.replace(frozen=ckpts.restore_frozen(state.frozen))
     loader.set_state(meta['loader'])
     log.info('Resumed from step %d (epoch %d, batch %d)', int(state.step), meta['loader']['epoch'],
@@ -206,23 +198,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   # Step functions.
   parallel = steps_lib.DataParallel(config.parallel, config.batch_size)
-  train_step, eval_step = steps_lib.make_steps(parallel, net, tx, config.data.num_points,
-                                               config.data.point_all, votes=1,
-                                               skip_full_fps=config.data.skip_full_fps)
+  train_step, eval_step = steps_lib.make_task_steps(parallel, task, net, tx)
   state_dev = parallel.put_state(state)
   writer = reporting.MetricWriter(workdir)
 
   last_epoch = config.num_epochs  # the release runs epochs 0..num_epochs inclusive
   total_steps = (last_epoch + 1) * steps_per_epoch
   step = int(state.step)
-  best = {'accuracy': meta['best_accuracy'], 'epoch': meta['best_epoch']}
+  best = {'value': meta['best_value'], 'epoch': meta['best_epoch']}
   last_eval: dict = {}
   stopped = None
 
   def save(epoch_done: bool, is_best: bool = False):
     host_state = parallel.get_state(state_dev)
     m = {'epoch': loader.get_state()['epoch'], 'loader': loader.get_state(),
-         'best_accuracy': best['accuracy'], 'best_epoch': best['epoch'],
+         'best_value': best['value'], 'best_epoch': best['epoch'],
          'epoch_done': epoch_done}
     ckpts.save(host_state, m, best=is_best)
 
@@ -270,17 +260,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         is_best = False
         if epoch > 0 and (epoch % config.eval.every_epochs == 0 or epoch == last_epoch):
           last_eval, _, _ = _run_eval(parallel, eval_step, state_dev, eval_source, eval_info,
-                                      config)
-          is_best = last_eval['accuracy'] > best['accuracy']
-          if is_best:
-            best = {'accuracy': last_eval['accuracy'], 'epoch': epoch}
-          writer.write('eval', step, epoch, {
-              'accuracy': last_eval['accuracy'],
-              'mean_class_accuracy': last_eval['mean_class_accuracy'],
-              'best_accuracy': best['accuracy']})
-          log.info('epoch %d: eval accuracy %.2f %% (mean class %.2f %%), best %.2f %% '
-                   '(epoch %d)', epoch, 100 * last_eval['accuracy'],
-                   100 * last_eval['mean_class_accuracy'], 100 * best['accuracy'], best['epoch'])
+                                      config, task)
+          scalars = task.scalars(last_eval)
+          if task.best_metric is not None:
+            is_best = task.is_better(scalars[task.best_metric], best['value'])
+            if is_best:
+              best = {'value': scalars[task.best_metric], 'epoch': epoch}
+            scalars[f'best_{task.best_metric}'] = best['value']
+          writer.write('eval', step, epoch, scalars)
+          log.info('epoch %d: eval %s%s', epoch, task.describe(last_eval),
+                   f"; best {task.best_metric} {best['value']:.4f} (epoch {best['epoch']})"
+                   if task.best_metric is not None else '')
         if (epoch % config.checkpoint.every_epochs == 0 or epoch == last_epoch or is_best):
           save(epoch_done=True, is_best=is_best)
         epoch += 1
@@ -291,15 +281,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     ckpts.close()
 
   curves = reporting.plot_curves(workdir) if jax.process_index() == 0 else None
+  final = task.scalars(last_eval) if last_eval else {}
   summary = {
       'steps': step, 'stopped': stopped or 'finished',
-      'final_accuracy': last_eval.get('accuracy'),
-      'final_mean_class_accuracy': last_eval.get('mean_class_accuracy'),
-      'best_accuracy': best['accuracy'] if best['accuracy'] >= 0 else None,
+      'final_metrics': final or None,
+      'final_description': task.describe(last_eval) if last_eval else None,
+      'best_metric': task.best_metric, 'best_value': best['value'],
       'best_epoch': best['epoch'] if best['epoch'] >= 0 else None,
       'trainable_parameters': totals['trainable'], 'total_parameters': totals['total'],
       'curves': curves,
   }
+  # Flat names too (final_accuracy, best_accuracy, ...), for scripts reading the summary.
+  summary.update({f'final_{k}': v for k, v in final.items()})
+  if task.best_metric is not None:
+    summary[f'best_{task.best_metric}'] = best['value']
   return summary
 
 
@@ -326,25 +321,29 @@ def _variables_for_eval(config, workdir, net, variables, labels):
 
 
 def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """--mode=eval: writes eval_<split>.json and predictions_<split>.npz into the workdir."""
-  net, variables, labels = build(config)
+  """--mode=eval: writes eval_<split>.json and predictions_<split>.npz into the workdir.
+
+  The metrics dict also carries 'split', 'votes', 'checkpoint' and 'description' (one line).
+  """
+  task = tasks.get_task(config)
+  net, variables, labels = build(config, task)
   variables, origin = _variables_for_eval(config, workdir, net, variables, labels)
   split = config.eval.split
   source, info = data_lib.get_source(config.data, split)
   parallel = steps_lib.DataParallel(config.parallel, config.eval.batch_size)
   tx = optim.make_optimizer(config.optim, labels, lambda s: 0.0)
   state = steps_lib.create_state(variables, labels, tx, jax.random.PRNGKey(0))
-  _, eval_step = steps_lib.make_steps(parallel, net, tx, config.data.num_points,
-                                      config.data.point_all, votes=config.eval.votes)
+  _, eval_step = steps_lib.make_task_steps(parallel, task, net, tx)
   state_dev = parallel.put_state(state)
-  metrics, logits, labels_ = _run_eval(parallel, eval_step, state_dev, source, info, config)
+  metrics, outputs, host = _run_eval(parallel, eval_step, state_dev, source, info, config, task)
   metrics.update(split=split, votes=int(config.eval.votes), checkpoint=origin,
-                 class_names=list(info.class_names))
+                 class_names=list(info.class_names), description=task.describe(metrics))
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, f'eval_{split}.json'), 'w') as f:
       json.dump(metrics, f, indent=2)
-    np.savez(os.path.join(workdir, f'predictions_{split}.npz'), logits=logits, labels=labels_)
+    np.savez(os.path.join(workdir, f'predictions_{split}.npz'),
+             **task.saved_predictions(outputs, host))
   return metrics
 
 

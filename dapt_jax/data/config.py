@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 DATASET_NAMES = ('scan_object_nn/objbg', 'scan_object_nn/objonly', 'scan_object_nn/hardest',
-                 'modelnet40', 'synthetic_shapes')
+                 'modelnet40', 'synthetic_shapes', 'shapenet_part', 'synthetic_parts')
 
 DEFAULT_TFDS_DATA_DIR = '~/.cache/dapt_jax/tfds'
 
@@ -30,6 +30,10 @@ def default_data_config(name: str) -> Any:
     dc.data_dir = 'data/ModelNet/modelnet40_normal_resampled'  # raw release, .dat or ply h5 files
     dc.num_points = 1024
     dc.point_all = 1200
+  elif name == 'shapenet_part':
+    dc.data_dir = 'data/shapenetcore_partanno_segmentation_benchmark_v0_normal'  # official folder
+    dc.num_points = 2048
+    dc.point_all = 2400  # ignored: segmentation draws num_points with replacement per shape
   else:
     dc.data_dir = ''  # ignored: synthetic data needs no files
     dc.num_points = 1024
@@ -45,4 +49,11 @@ def default_data_config(name: str) -> Any:
   dc.synthetic_points = 1024  # points stored per cloud
   dc.synthetic_num_classes = 10  # 10..12 shape classes
   dc.synthetic_seed = 0  # the whole dataset is a function of this seed
+  # synthetic_parts only (with synthetic_num_train/num_test/points/seed above):
+  dc.synthetic_num_categories = 8  # 2..8 part-labelled object categories
+  # shapenet_part and synthetic_parts: every stored shape is padded (or, if larger, cut by a fixed
+  # subset) to this many points; the task draws num_points of them per view.
+  dc.pool_points = 4096
+  # shapenet_part stores the official train, val and test lists as splits; the reference trains
+  # on 'train+val' (configs/shapenetpart.py sets it).
   return dc

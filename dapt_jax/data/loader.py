@@ -5,7 +5,10 @@ equal parts, so the union over hosts is the global batch and no host reads anoth
 
 Training: the order of epoch `e` is a permutation drawn from `(seed, e)` alone, so any epoch (and any
 batch in it) can be reproduced without replaying the ones before; the remainder that does not fill
-a global batch is dropped. Evaluation: source order, the last global batch padded and masked, so
+a global batch is dropped. With `shuffle=False` the samples come in source order as one continuous
+stream that wraps around: global batch `j` of epoch `e` holds source indices
+`((e * steps_per_epoch + j) * global_batch + arange(global_batch)) mod num_examples`, so nothing is
+dropped for good, only deferred to the next epoch. Evaluation: source order, the last global batch padded and masked, so
 every sample is counted exactly once over all hosts.
 
 Reading runs one batch ahead in a background thread (array_record reads release the GIL).
@@ -49,7 +52,7 @@ def _prefetched(source: Any, index_batches: Sequence[np.ndarray]) -> Iterator[di
 
 
 class TrainLoader:
-  """Shuffled, drop-remainder training batches with a checkpointable position.
+  """Shuffled (or source-order), drop-remainder training batches with a checkpointable position.
 
   Usage:
     loader = TrainLoader(source, global_batch_size=32, seed=0,
@@ -62,8 +65,9 @@ class TrainLoader:
   """
 
   def __init__(self, source: Any, global_batch_size: int, seed: int, process_index: int = 0,
-               process_count: int = 1):
+               process_count: int = 1, shuffle: bool = True):
     self.source = source
+    self.shuffle = bool(shuffle)
     self.global_batch_size = int(global_batch_size)
     self.local_batch_size = _check_sharding(self.global_batch_size, process_index, process_count)
     self.seed = int(seed)
@@ -76,7 +80,15 @@ class TrainLoader:
     self._epoch, self._batch = 0, 0  # position of the next batch to be yielded
 
   def order(self, epoch: int) -> np.ndarray:
-    """The global sample order of `epoch`: a permutation, a function of (seed, epoch) only."""
+    """The global sample order of `epoch`; its first `steps_per_epoch` global batches are used.
+
+    Shuffled: a permutation of all samples, a function of (seed, epoch) only. Unshuffled: the
+    `steps_per_epoch * global_batch_size` indices of this epoch's window of the wrapping
+    source-order stream.
+    """
+    if not self.shuffle:
+      used = self.steps_per_epoch * self.global_batch_size
+      return (int(epoch) * used + np.arange(used, dtype=np.int64)) % self.num_examples
     rng = np.random.default_rng([self.seed, int(epoch)])
     return rng.permutation(self.num_examples)
 
@@ -109,11 +121,12 @@ class TrainLoader:
   def get_state(self) -> dict[str, int]:
     """The position of the next batch plus what it depends on (JSON-able ints)."""
     return {'epoch': self._epoch, 'batch': self._batch, 'seed': self.seed,
-            'num_examples': self.num_examples, 'global_batch_size': self.global_batch_size}
+            'num_examples': self.num_examples, 'global_batch_size': self.global_batch_size,
+            'shuffle': int(self.shuffle)}
 
   def set_state(self, state: dict[str, int]) -> None:
     """Restores a position from `get_state()`; refuses one made for other data or batching."""
-    for key in ('seed', 'num_examples', 'global_batch_size'):
+    for key in ('seed', 'num_examples', 'global_batch_size', 'shuffle'):
       if key in state and int(state[key]) != getattr(self, key):
         raise ValueError(f'loader state has {key}={state[key]}, this loader has '
                          f'{getattr(self, key)}; the resumed data order would differ')

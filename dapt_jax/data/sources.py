@@ -124,6 +124,15 @@ def _builder_spec(dc: Any) -> tuple[Any, dict[str, Any], Optional[str], Optional
     fp = fingerprint_files(plan.all_files(), extra={'format': plan.source_format,
                                                     'num_points': num_points})
     return builders.ModelNet40, {'config': config}, data_dir, fp
+  if name == 'shapenet_part':
+    from dapt_jax.data import shapenet_part  # pylint: disable=g-import-not-at-top
+    plan = shapenet_part.plan(data_dir)
+    return builders.ShapeNetPart, {}, data_dir, fingerprint_files(plan.all_files())
+  if name == 'synthetic_parts':
+    config = builders.synthetic_parts_config(
+        int(dc.synthetic_num_train), int(dc.synthetic_num_test), int(dc.synthetic_points),
+        int(_opt(dc, 'synthetic_num_categories', 8)), int(dc.synthetic_seed))
+    return builders.SyntheticParts, {'config': config}, None, None
   if name == 'synthetic_shapes':
     config = builders.synthetic_config(
         int(dc.synthetic_num_train), int(dc.synthetic_num_test), int(dc.synthetic_points),
@@ -158,6 +167,16 @@ def prepare_builder(dc: Any) -> Any:
     for field in ('synthetic_num_train', 'synthetic_num_test', 'synthetic_points'):
       if int(dc[field] if isinstance(dc, dict) else getattr(dc, field)) < 1:
         raise DataError(f'data.{field}: must be at least 1')
+  if dc.name == 'synthetic_parts':  # validated before anything is generated
+    from dapt_jax.data import synthetic_parts  # pylint: disable=g-import-not-at-top
+    k = int(_opt(dc, 'synthetic_num_categories', 8))
+    if not synthetic_parts.MIN_CATEGORIES <= k <= len(synthetic_parts.CATEGORIES):
+      raise DataError(f'data.synthetic_num_categories: {k} is outside '
+                      f'[{synthetic_parts.MIN_CATEGORIES}, {len(synthetic_parts.CATEGORIES)}]')
+    for field, low in (('synthetic_num_train', 1), ('synthetic_num_test', 1),
+                       ('synthetic_points', 4)):
+      if int(dc[field] if isinstance(dc, dict) else getattr(dc, field)) < low:
+        raise DataError(f'data.{field}: must be at least {low}')
   cls, kwargs, manual_dir, fp = _builder_spec(dc)
   tfds_dir = os.path.expanduser(str(_opt(dc, 'tfds_data_dir', config_lib.DEFAULT_TFDS_DATA_DIR)))
 
