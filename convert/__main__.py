@@ -33,8 +33,9 @@ converted tensors, plus DST/report.json. Train from it with
 Without --config the model's shapes are read off the checkpoint (width, depth, rank, classes,
 head input) and the rest comes from configs/scanobjectnn.py:hardest.
 
-Flax → PyTorch (--to-torch). SRC_DIR is a converted checkpoint of a complete DAPT model; the
-model is the one its report.json records unless --config says otherwise. DST.pth holds
+Flax → PyTorch (--to-torch). SRC_DIR is a converted checkpoint of a complete DAPT model, or a
+training workdir (its last checkpoint is exported); the model is the one its report.json (or
+config.json) records unless --config says otherwise. DST.pth holds
 {'base_model': state_dict} in the release's key layout, which the PyTorch release loads.
 
 Errors are one line on stderr, exit status 2, and leave nothing at DST.
@@ -86,7 +87,7 @@ def _to_torch(args) -> None:
     raise pretrained.PretrainedError(f'{dst} already exists (pass --force to replace it)')
   to_torch.import_torch()  # fail early when torch is missing
   fields = to_torch.fields_for(args.src, args.config)
-  variables = pretrained.load_converted(args.src)
+  variables = pretrained.load_converted(args.src, workdir_checkpoint='last')
   state_dict = to_torch.variables_to_torch_state_dict(variables, fields)
   to_torch.write_pth(state_dict, dst, args.force)
   print(f'wrote {dst}: {{"base_model": state dict of {len(state_dict)} tensors}} in the DAPT '

@@ -92,10 +92,11 @@ def load_report(path: str | os.PathLike) -> dict | None:
     raise PretrainedError(f'{report}: unreadable ({e})') from None
 
 
-def load_converted(path: str | os.PathLike) -> dict[str, dict]:
+def load_converted(path: str | os.PathLike, workdir_checkpoint: str = 'best') -> dict[str, dict]:
   """Restores a converted checkpoint: {'params': nested dict, 'batch_stats': nested dict}.
 
-  `path` may also be a training workdir (main.py's --workdir): its best checkpoint is read.
+  `path` may also be a training workdir (main.py's --workdir): its `workdir_checkpoint` save is
+  read ('best', else the last; or 'last').
 
   Leaves are numpy arrays; a collection the checkpoint does not hold comes back empty.
 
@@ -108,7 +109,7 @@ def load_converted(path: str | os.PathLike) -> dict[str, dict]:
   from dapt_jax import checkpoints  # pylint: disable=g-import-not-at-top
   if checkpoints.is_workdir(src):  # a training run: its best (else last) checkpoint
     try:
-      variables, _ = checkpoints.workdir_variables(src)
+      variables, _ = checkpoints.workdir_variables(src, workdir_checkpoint)
     except checkpoints.CheckpointError as e:
       raise PretrainedError(str(e)) from None
     return {c: dict(variables.get(c, {})) for c in COLLECTIONS}

@@ -170,7 +170,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # Data (prepared on first use; clear errors for missing or bad files).
   train_source, eval_source, eval_info = task.sources()
   loader = data_lib.TrainLoader(train_source, config.batch_size, config.seed,
-                                jax.process_index(), jax.process_count())
+                                jax.process_index(), jax.process_count(),
+                                shuffle=config.data.shuffle)
   steps_per_epoch = loader.steps_per_epoch
   log.info('Data %s: %d train / %d %s samples, %d steps per epoch of %d', config.data.name,
            len(train_source), len(eval_source), config.data.eval_split, steps_per_epoch,

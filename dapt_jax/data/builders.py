@@ -1,5 +1,5 @@
-"""TFDS builders: `scan_object_nn` (objbg | objonly | hardest), `modelnet40`, `synthetic_shapes`;
-for part segmentation `shapenet_part` and `synthetic_parts` (at the end of this file).
+"""TFDS builders: `scan_object_nn` (objbg | objonly | hardest), `modelnet40`, `synthetic_shapes`,
+`modelnet_fewshot` (after the segmentation ones); for part segmentation `shapenet_part` and `synthetic_parts` (at the end of this file).
 
 All three write `array_record` files and are read back through `builder.as_data_source(split)`, so
 neither building nor reading needs TensorFlow. Examples are stored in source order
@@ -14,6 +14,7 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
+from dapt_jax.data import fewshot
 from dapt_jax.data import modelnet_files
 from dapt_jax.data import readers
 from dapt_jax.data import scanobjectnn_files
@@ -267,6 +268,54 @@ class SyntheticParts(_LocalBuilder):
                   'model_id': f'synthetic-{stream}-{i:06d}'}
 
     return {'train': examples(cfg.num_train, 0), 'test': examples(cfg.num_test, 1)}
+
+  def _generate_examples(self, **unused):
+    raise NotImplementedError
+
+
+# ----------------------------------------------------------------------------------------------
+# Few-shot ModelNet40: one fold of one way/shot task per config (`dapt_jax.data.fewshot`).
+
+
+@dataclasses.dataclass
+class ModelNetFewshotConfig(tfds.core.BuilderConfig):
+  way: int = 5
+  shot: int = 10
+  fold: int = 0
+  path: str = ''  # the fold's pickle
+  class_names: tuple = modelnet_files.DEFAULT_CLASS_NAMES  # 40: the fold's classes first
+
+
+def fewshot_config(way: int, shot: int, fold: int, path: str,
+                   class_names: tuple) -> ModelNetFewshotConfig:
+  """A config per (way, shot, fold), so each fold has its own prepared copy."""
+  return ModelNetFewshotConfig(
+      name=f'{way}way{shot}shot_fold{fold}',
+      description=f'{way}-way {shot}-shot ModelNet40, fold {fold} (Point-BERT\'s folds).',
+      way=way, shot=shot, fold=fold, path=path, class_names=tuple(class_names))
+
+
+class ModelNetFewshot(_LocalBuilder):
+  """Few-shot ModelNet40 folds: xyz centred and scaled to the unit sphere, labels 0..way-1."""
+
+  name = 'modelnet_fewshot'
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'Point-BERT\'s ModelNetFewshot pickles, xyz only, unit sphere.'}
+  BUILDER_CONFIGS = [fewshot_config(5, 10, 0, '', modelnet_files.DEFAULT_CLASS_NAMES)]
+  MANUAL_DOWNLOAD_INSTRUCTIONS = fewshot.INSTRUCTIONS
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(
+        builder=self, description=self.__doc__,
+        features=_features(self.builder_config.class_names),
+        supervised_keys=('points', 'label'), homepage='https://modelnet.cs.princeton.edu/',
+        disable_shuffling=True)
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    cfg = self.builder_config
+    fold = fewshot.load_fold(cfg.path, cfg.way, cfg.shot)
+    return {split: _examples(fold.points[split], fold.labels[split]) for split in fewshot.SPLITS}
 
   def _generate_examples(self, **unused):
     raise NotImplementedError

@@ -4,7 +4,8 @@ from __future__ import annotations
 from typing import Any
 
 DATASET_NAMES = ('scan_object_nn/objbg', 'scan_object_nn/objonly', 'scan_object_nn/hardest',
-                 'modelnet40', 'synthetic_shapes', 'shapenet_part', 'synthetic_parts')
+                 'modelnet40', 'synthetic_shapes', 'shapenet_part', 'synthetic_parts',
+                 'modelnet_fewshot')
 
 DEFAULT_TFDS_DATA_DIR = '~/.cache/dapt_jax/tfds'
 
@@ -30,6 +31,10 @@ def default_data_config(name: str) -> Any:
     dc.data_dir = 'data/ModelNet/modelnet40_normal_resampled'  # raw release, .dat or ply h5 files
     dc.num_points = 1024
     dc.point_all = 1200
+  elif name == 'modelnet_fewshot':
+    dc.data_dir = 'data/ModelNetFewshot'  # holds 5way10shot/0.pkl ... 10way20shot/9.pkl
+    dc.num_points = 1024
+    dc.point_all = 1200
   elif name == 'shapenet_part':
     dc.data_dir = 'data/shapenetcore_partanno_segmentation_benchmark_v0_normal'  # official folder
     dc.num_points = 2048
@@ -49,6 +54,10 @@ def default_data_config(name: str) -> Any:
   dc.synthetic_points = 1024  # points stored per cloud
   dc.synthetic_num_classes = 10  # 10..12 shape classes
   dc.synthetic_seed = 0  # the whole dataset is a function of this seed
+  # modelnet_fewshot only: which task and fold (<data_dir>/<way>way<shot>shot/<fold>.pkl).
+  dc.way = 5  # classes per task
+  dc.shot = 10  # training shapes per class
+  dc.fold = 0  # 0..9
   # synthetic_parts only (with synthetic_num_train/num_test/points/seed above):
   dc.synthetic_num_categories = 8  # 2..8 part-labelled object categories
   # shapenet_part and synthetic_parts: every stored shape is padded (or, if larger, cut by a fixed

@@ -133,6 +133,15 @@ def _builder_spec(dc: Any) -> tuple[Any, dict[str, Any], Optional[str], Optional
         int(dc.synthetic_num_train), int(dc.synthetic_num_test), int(dc.synthetic_points),
         int(_opt(dc, 'synthetic_num_categories', 8)), int(dc.synthetic_seed))
     return builders.SyntheticParts, {'config': config}, None, None
+  if name == 'modelnet_fewshot':
+    from dapt_jax.data import fewshot  # pylint: disable=g-import-not-at-top
+    way, shot, fold = fewshot.check_task(_opt(dc, 'way', 5), _opt(dc, 'shot', 10),
+                                         _opt(dc, 'fold', 0))
+    path = fewshot.fold_path(data_dir, way, shot, fold)
+    names = fewshot.load_fold(path, way, shot).class_names  # validates the file before building
+    config = builders.fewshot_config(way, shot, fold, path, names)
+    fp = fingerprint_files([path], extra={'way': way, 'shot': shot, 'fold': fold})
+    return builders.ModelNetFewshot, {'config': config}, data_dir, fp
   if name == 'synthetic_shapes':
     config = builders.synthetic_config(
         int(dc.synthetic_num_train), int(dc.synthetic_num_test), int(dc.synthetic_points),
