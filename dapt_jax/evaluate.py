@@ -7,8 +7,10 @@ from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
 
+from dapt_jax import errors
 
-class InputError(ValueError):
+
+class InputError(errors.UserError, ValueError):
   """A point-cloud file that cannot be read; the message is one line naming the file."""
 
 

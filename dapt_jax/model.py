@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from dapt_jax import errors
 from dapt_jax import layers
 from dapt_jax import tokenizer
 from dapt_jax import transformer
@@ -21,7 +22,7 @@ MODEL_FIELDS = ('trans_dim', 'depth', 'num_heads', 'mlp_ratio', 'encoder_dims', 
                 'head_tokens', 'freeze_bn_stats', 'dtype')
 
 
-class ModelConfigError(ValueError):
+class ModelConfigError(errors.UserError, ValueError):
   """A model config that cannot build a model; the message is one line naming the field."""
 
 

@@ -13,6 +13,8 @@ from typing import Any, Iterable, Mapping, Sequence, Tuple
 
 from flax import traverse_util
 
+from dapt_jax import errors
+
 TRAINABLE = 'trainable'
 FROZEN = 'frozen'
 LABELS = (TRAINABLE, FROZEN)
@@ -35,7 +37,7 @@ LINEAR_PROBE_RULES: Rules = ((r'^head/', TRAINABLE), (r'.*', FROZEN))
 PRESETS = {'dapt': DAPT_RULES, 'full': FULL_FINETUNE_RULES, 'linear': LINEAR_PROBE_RULES}
 
 
-class PartitionError(ValueError):
+class PartitionError(errors.UserError, ValueError):
   """A parameter matched no rule, or a rule is malformed; the message names it."""
 
 

@@ -19,13 +19,14 @@ from typing import Any, Mapping
 import jax.numpy as jnp
 import numpy as np
 
+from dapt_jax import errors
 from dapt_jax import partition
 
 REPORT_FILE = 'report.json'
 COLLECTIONS = ('params', 'batch_stats')
 
 
-class PretrainedError(ValueError):
+class PretrainedError(errors.UserError, ValueError):
   """A converted checkpoint that cannot be read or does not fit the model; one-line message."""
 
 
@@ -52,6 +53,12 @@ def save_converted(path: str | os.PathLike, variables: Mapping[str, Mapping], re
     raise PretrainedError(f'{parent}: no such directory')
   tmp = os.path.join(parent, f'.{os.path.basename(dst)}.converting-{os.getpid()}')
   shutil.rmtree(tmp, ignore_errors=True)
+  try:  # before orbax starts: a failed write inside it leaves threads waiting on barriers
+    os.mkdir(tmp)
+    os.rmdir(tmp)
+  except OSError as e:
+    raise PretrainedError(f'cannot write {dst}: {parent} is not writable '
+                          f'({e.strerror or e})') from None
   tree = {c: {k: v for k, v in variables.get(c, {}).items()} for c in COLLECTIONS}
   # orbax cannot store an empty collection; load_converted restores it as {}.
   tree = {c: v for c, v in tree.items() if v}
