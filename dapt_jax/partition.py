@@ -34,6 +34,36 @@ LINEAR_PROBE_RULES: Rules = ((r'^head/', TRAINABLE), (r'.*', FROZEN))
 
 PRESETS = {'dapt': DAPT_RULES, 'full': FULL_FINETUNE_RULES, 'linear': LINEAR_PROBE_RULES}
 
+# Each PEFT method's trainable set (config.model.peft; SPEC §9). The releases of Point-MAE, IDPT
+# and PointGST train the names containing `cls` (class token, its position, the head, and IDPT's
+# prompt module and VPT's prompts, all named `cls*` there) plus, for PointGST, `adapt`.
+_CLS_AND_HEAD: Rules = ((r'^cls_(token|pos)$', TRAINABLE), (r'^head/', TRAINABLE))
+METHOD_RULES: dict[str, Rules] = {
+    'dapt': DAPT_RULES,
+    'full': FULL_FINETUNE_RULES,
+    'linear': _CLS_AND_HEAD + ((r'.*', FROZEN),),
+    'vpt_deep': _CLS_AND_HEAD + ((r'^vpt/', TRAINABLE), (r'.*', FROZEN)),
+    # IDPT's prompt position is never trained by its release (its name lacks `cls`).
+    'idpt': ((r'^idpt/prompt_pos$', FROZEN),) + _CLS_AND_HEAD + ((r'^idpt/', TRAINABLE),
+                                                                 (r'.*', FROZEN)),
+    'pointgst': _CLS_AND_HEAD + ((r'/pcsa/', TRAINABLE), (r'.*', FROZEN)),
+    'lora': _CLS_AND_HEAD + ((r'/lora_[ab]$', TRAINABLE), (r'.*', FROZEN)),
+    'adapter': _CLS_AND_HEAD + ((r'/adapter[12]/', TRAINABLE), (r'.*', FROZEN)),
+}
+
+
+def rules_for(config: Any) -> Rules:
+  """A run's rules: `config.partition_rules` when set, else those of `config.model.peft`."""
+  rules = config.get('partition_rules') if hasattr(config, 'get') else None
+  if rules is not None:
+    return rules
+  model = config.get('model') if hasattr(config, 'get') else None
+  method = (model.get('peft', 'dapt') if model is not None and hasattr(model, 'get') else 'dapt')
+  if method not in METHOD_RULES:
+    raise PartitionError(f'model.peft={method!r}: no partition rules; choose one of '
+                         f'{", ".join(METHOD_RULES)}')
+  return METHOD_RULES[method]
+
 
 class PartitionError(ValueError):
   """A parameter matched no rule, or a rule is malformed; the message names it."""
