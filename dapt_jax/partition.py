@@ -162,3 +162,56 @@ def format_counts(counts: Mapping[str, Mapping[str, int]]) -> str:
   pct = 100.0 * t[TRAINABLE] / max(t['total'], 1)
   lines.append(f"{'total':<14}{t[TRAINABLE]:>12,}{t['total']:>13,}  ({pct:.2f} % trainable)")
   return '\n'.join(lines)
+
+
+# Leaf names of layers; a parameter with another name (cls_token, a prompt) is its own row.
+_LAYER_LEAVES = frozenset({'kernel', 'bias', 'scale', 'gamma', 'beta', 'lora_a', 'lora_b'})
+_NUMBERED = re.compile(r'(?<=_)\d+(?=/|$)')   # blocks_3/..., prompt_pos_3 → *
+
+
+def rule_rows(params: Mapping[str, Any], rules: Rules) -> list[dict[str, Any]]:
+  """Per module and matching rule: trainable and total counts, for a parameter table.
+
+  A row's module is a layer (a leaf's parent path) or a bare parameter (its own path), with
+  numbered copies folded into one row (`blocks_3/attn/qkv` → `blocks_*/attn/qkv`, `copies` 12).
+  Rows are in parameter order; each holds 'module', 'copies', 'rule' (its index), 'pattern',
+  'label', 'trainable' and 'total'.
+  """
+  compiled = compile_rules(rules)
+  rows: dict[tuple[str, int], dict[str, Any]] = collections.OrderedDict()
+  for path, leaf in flatten(params).items():
+    index = next((i for i, (pattern, _) in enumerate(compiled) if pattern.search(path)), None)
+    if index is None:
+      raise PartitionError(f'parameter {path!r} matches no partition rule; add a rule for it')
+    parent, _, name = path.rpartition('/')
+    module = parent if parent and name in _LAYER_LEAVES else path
+    row = rows.setdefault((_NUMBERED.sub('*', module), index), {
+        'module': _NUMBERED.sub('*', module), 'copies': set(), 'rule': index,
+        'pattern': compiled[index][0].pattern, 'label': compiled[index][1], TRAINABLE: 0,
+        'total': 0})
+    row['copies'].add(module)
+    size = int(math.prod(leaf.shape))
+    row['total'] += size
+    if compiled[index][1] == TRAINABLE:
+      row[TRAINABLE] += size
+  out = list(rows.values())
+  for row in out:
+    row['copies'] = len(row['copies'])
+  return out
+
+
+def format_rule_table(rows: Sequence[Mapping[str, Any]]) -> str:
+  """The table `rule_rows` describes, with a total line."""
+  name = lambda r: r['module'] + (f" (x{r['copies']})" if r['copies'] > 1 else '')
+  rule = lambda r: f"#{r['rule']} {r['pattern']!r} → {r['label']}"
+  w_mod = max([len('module')] + [len(name(r)) for r in rows])
+  w_rule = max([len('rule')] + [len(rule(r)) for r in rows])
+  lines = [f"{'module':<{w_mod}}  {'rule':<{w_rule}}  {'trainable':>12}  {'total':>12}"]
+  for r in rows:
+    lines.append(f"{name(r):<{w_mod}}  {rule(r):<{w_rule}}  {r[TRAINABLE]:>12,}  {r['total']:>12,}")
+  trainable = sum(r[TRAINABLE] for r in rows)
+  total = sum(r['total'] for r in rows)
+  pct = 100.0 * trainable / max(total, 1)
+  lines.append(f"{'total':<{w_mod}}  {'':<{w_rule}}  {trainable:>12,}  {total:>12,}  "
+               f'({pct:.2f} % trainable)')
+  return '\n'.join(lines)

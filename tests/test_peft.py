@@ -3,6 +3,9 @@ partition rules, zero-initialised additions that start from the backbone's funct
 config errors. Numerical fidelity against PyTorch references: tests/test_peft_parity.py."""
 import importlib
 import math
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -12,6 +15,7 @@ import pytest
 from dapt_jax import model as model_lib
 from dapt_jax import partition
 from dapt_jax import peft
+from dapt_jax.peft import summary as summary_lib
 
 # SPEC §9 (ScanObjectNN PB-T50-RS, 15 classes): trainable parameters. LoRA and the adapter are
 # the project's designs; their counts follow from README's formulas (checked below too).
@@ -48,19 +52,18 @@ def hardest(method):
   return cfg
 
 
-def param_shapes(cfg):
-  net = model_lib.build_model(cfg.model)
-  return jax.eval_shape(lambda k: model_lib.init_variables(net, k, cfg.data.num_points),
-                        jax.random.PRNGKey(0))['params']
-
-
 @pytest.mark.parametrize('method', list(SPEC_TRAINABLE) + list(DESIGN_TRAINABLE))
 def test_trainable_counts_for_pb_t50_rs(method):
+  """What --mode=summary prints (built from the config alone, shapes only)."""
   cfg = hardest(method)
-  params = param_shapes(cfg)
+  params = summary_lib.parameter_shapes(cfg)['params']
   counts = partition.count(params, partition.label_params(params, partition.rules_for(cfg)))
   want = {**SPEC_TRAINABLE, **DESIGN_TRAINABLE}[method]
   assert counts['total']['trainable'] == want
+  table = summary_lib.summarize(cfg)
+  total_lines = [l for l in table.splitlines() if l.startswith('total')]
+  assert len(total_lines) == 2 and all(f'{want:,}' in l for l in total_lines)
+  assert f'method: {method};' in table
   if method != 'dapt':
     # The backbone is Point-MAE's encoder plus the head and class token, whatever the method.
     frozen_backbone = sum(counts[m]['total'] for m in ('encoder', 'pos_embed', 'norm'))
@@ -212,3 +215,27 @@ def test_rules_for_uses_the_method_unless_rules_are_given():
   cfg.partition_rules = partition.LINEAR_PROBE_RULES
   assert partition.rules_for(cfg) == partition.LINEAR_PROBE_RULES
   assert set(partition.METHOD_RULES) == set(peft.METHODS)
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _main(*args):
+  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='')
+  return subprocess.run([sys.executable, 'main.py', *args], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=300)
+
+
+def test_main_summary_mode_needs_no_data_or_workdir():
+  out = _main('--config=configs/scanobjectnn.py:hardest', '--mode=summary',
+              '--config.model.peft=pointgst', '--config.data.data_dir=/nonexistent')
+  assert out.returncode == 0, out.stderr
+  assert 'partition.METHOD_RULES' in out.stdout and '/pcsa/' in out.stdout
+  assert 'blocks_*/pcsa/down (x12)' in out.stdout
+  assert [l for l in out.stdout.splitlines() if l.startswith('total')][-1].split()[1:3] == [
+      '622,831', '22,447,855']
+  bad = _main('--config=configs/scanobjectnn.py:hardest', '--mode=summary',
+              '--config.model.peft=prefix')
+  assert bad.returncode == 2
+  assert bad.stderr.strip().splitlines()[-1].startswith("error: model.peft='prefix'")
+  assert 'Traceback' not in bad.stderr
