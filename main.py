@@ -28,8 +28,9 @@ from dapt_jax import errors
 config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/scanobjectnn.py:hardest.',
                                 lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and evaluation output.')
-flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict'],
-                  'train (resumes if the workdir has a run), eval, or predict.')
+flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict', 'summary'],
+                  'train (resumes if the workdir has a run), eval, predict, or summary (the '
+                  'parameter table: what trains, per module and partition rule; no data).')
 flags.DEFINE_string('input', None, '--mode=predict: a point-cloud file (.npy .txt .xyz .ply .h5).')
 flags.DEFINE_bool('distributed', None, 'Call jax.distributed.initialize() (multi-host). Default: '
                   'when a cluster environment (SLURM, TPU pod, JAX_COORDINATOR_ADDRESS) is seen.')
@@ -198,7 +199,7 @@ def main(argv):
     os.environ[errors.DEBUG_ENV] = '1'
   if FLAGS.config is None:
     _fail('--config is required, e.g. --config=configs/synthetic.py')
-  if FLAGS.workdir is None and FLAGS.mode != 'predict':
+  if FLAGS.workdir is None and FLAGS.mode not in ('predict', 'summary'):
     _fail('--workdir is required')
   if FLAGS.mode == 'predict' and not FLAGS.input:
     _fail('--mode=predict needs --input=FILE')
@@ -241,6 +242,9 @@ def main(argv):
               + (f'; {best_text}' if best_text else ''))
       if summary['stopped'] == 'preempted':
         return errors.EXIT_PREEMPTED  # a scheduler requeues on this status
+    elif FLAGS.mode == 'summary':
+      from dapt_jax.peft import summary as summary_lib  # pylint: disable=g-import-not-at-top
+      print(summary_lib.summarize(config))
     elif FLAGS.mode == 'eval':
       m = train.evaluate_workdir(config, FLAGS.workdir)
       print(f"{m['split']}: {m['description']} over {m['num_samples']} samples "

@@ -121,7 +121,7 @@ def build(config: ml_collections.ConfigDict, task: Optional[tasks.Task] = None):
     fresh = report.get('freshly_initialised', [])
     log.info('Loaded %d tensors from %s; %d freshly initialised%s', len(report['loaded']),
              config.init_from, len(fresh), f" ({', '.join(fresh[:6])}{', ...' if len(fresh) > 6 else ''})" if fresh else '')
-  labels = partition.label_params(variables['params'], config.partition_rules)
+  labels = partition.label_params(variables['params'], partition.rules_for(config))
   return net, variables, labels
 
 

@@ -33,7 +33,7 @@ from typing import Any, Callable, Optional
 
 from dapt_jax import errors
 
-MODES = ('train', 'eval', 'predict')
+MODES = ('train', 'eval', 'predict', 'summary')  # summary: the parameter table, no data
 PARALLEL_MODES = ('pmap', 'shard_map')
 DTYPES = ('float32', 'bfloat16')
 
@@ -300,7 +300,7 @@ def _workdir(config, ctx: Context) -> None:
             and os.path.isdir(os.path.join(root, 'frozen'))):
       raise ConfigError(f'nothing to {ctx.mode}: --workdir={ctx.workdir} holds no trained run and '
                         'no --config.init_from was given')
-  if ctx.mode == 'predict' or ctx.workdir is None:
+  if ctx.mode in ('predict', 'summary') or ctx.workdir is None:
     return
   workdir_lib.check_writable(ctx.workdir)
 
@@ -311,7 +311,7 @@ def _base_split(split: str) -> str:
 
 @register('data')
 def _data(config, ctx: Context) -> None:
-  if ctx.mode == 'predict':  # predict reads one file, not the dataset
+  if ctx.mode in ('predict', 'summary'):  # they read no dataset
     return
   from dapt_jax import data as data_lib  # pylint: disable=g-import-not-at-top
   facts = data_lib.check_presence(config.data)
