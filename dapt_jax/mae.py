@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from dapt_jax import errors
 from dapt_jax import layers
 from dapt_jax import tokenizer
 from dapt_jax import transformer
@@ -42,7 +43,7 @@ MODEL_FIELDS = ('trans_dim', 'depth', 'num_heads', 'mlp_ratio', 'encoder_dims', 
                 'decoder_num_heads', 'dtype')
 
 
-class MAEConfigError(ValueError):
+class MAEConfigError(errors.UserError, ValueError):
   """A pre-training model config that cannot build a model; one-line message naming the field."""
 
 
