@@ -44,12 +44,8 @@ class ClassifierHead(nn.Module):
       f = nn.relu(f)
       f = nn.Dropout(self.dropout_rate, deterministic=not train)(f)
     logits = layers.torch_dense(self.num_classes, f.shape[-1], 'fc3', self.dtype)(f)
-<<<<<<< HEAD
-    return logits.astype(jnp.promote_types(self.dtype, jnp.float32))
-=======
     # float32 for float32/bfloat16 compute; float64 under x64 (exact parity tests).
     return logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
->>>>>>> i18
 
 
 class DAPTClassifier(nn.Module):
