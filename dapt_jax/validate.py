@@ -220,6 +220,11 @@ def _partition_rules(config, ctx: Context) -> None:
   del ctx
   from dapt_jax import partition  # pylint: disable=g-import-not-at-top
   rules = _get(config, 'partition_rules')
+  if rules is None:  # the rules of config.model.peft
+    try:
+      rules = partition.rules_for(config)
+    except partition.PartitionError as e:
+      raise ConfigError(f'config.{errors.one_line(e)}') from None
   if isinstance(rules, str) or not isinstance(rules, (tuple, list)) or not rules:
     raise ConfigError(f'{_show("partition_rules", rules)}: must be a non-empty sequence of '
                       '(regex, label) pairs')
@@ -333,12 +338,11 @@ def _data(config, ctx: Context) -> None:
 def variable_shapes(config: Any) -> dict[str, dict[str, tuple[int, ...]]]:
   """{'params': {path: shape}, 'batch_stats': {...}} of the config's model, traced abstractly."""
   import jax  # pylint: disable=g-import-not-at-top
-  from dapt_jax import model as model_lib  # pylint: disable=g-import-not-at-top
   from dapt_jax import partition  # pylint: disable=g-import-not-at-top
-  net = model_lib.build_model(config.model)
-  abstract = jax.eval_shape(
-      lambda key: model_lib.init_variables(net, key, config.data.num_points),
-      jax.random.PRNGKey(0))
+  from dapt_jax import tasks  # pylint: disable=g-import-not-at-top
+  task = tasks.get_task(config)
+  net = task.build_model()
+  abstract = jax.eval_shape(lambda key: task.init_variables(net, key), jax.random.PRNGKey(0))
   return {c: {k: tuple(v.shape) for k, v in partition.flatten(abstract.get(c, {})).items()}
           for c in ('params', 'batch_stats')}
 
@@ -349,7 +353,7 @@ def _model_shapes(config, ctx: Context) -> None:
   shapes = variable_shapes(config)
   ctx.variable_shapes = shapes
   try:
-    partition.label_params(partition.unflatten(shapes['params']), config.partition_rules)
+    partition.label_params(partition.unflatten(shapes['params']), partition.rules_for(config))
   except partition.PartitionError as e:
     raise ConfigError(f'config.partition_rules: {errors.one_line(e)}') from None
   init_from = config.init_from
