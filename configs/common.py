@@ -5,8 +5,6 @@ Every field is defined here once, with a one-line comment. Dataset files only ch
 import ml_collections
 from ml_collections import config_dict
 
-from dapt_jax import partition
-
 
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -32,8 +30,18 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.freeze_bn_stats = False  # True: frozen encoder BatchNorm uses running stats (release: False)
   c.model.dtype = 'float32'       # float32 or bfloat16 compute (params float32); float64: checks, JAX_ENABLE_X64=1
   c.model.remat = False           # recompute block activations in the backward pass (saves memory)
+  c.model.peft = 'dapt'           # method: dapt|full|linear|vpt_deep|idpt|pointgst|lora|adapter (dapt_jax/peft)
+  c.model.vpt_prompts = 10        # vpt_deep: prompts per block
+  c.model.idpt_prompt_layer = -1  # idpt: block its prompt is inserted before (-1: the last)
+  c.model.idpt_k = 20             # idpt: neighbours per token in the EdgeConv graph
+  c.model.pgst_rank = 36          # pointgst: PCSA bottleneck width
+  c.model.pgst_local = 32         # pointgst: centres per local sub-graph (divides num_group)
+  c.model.lora_rank = 8           # lora: rank of the attention qkv/proj updates
+  c.model.lora_alpha = 8.0        # lora: updates scaled by lora_alpha / lora_rank
+  c.model.adapter_dim = 32        # adapter: bottleneck width of the two adapters per block
 
-  c.partition_rules = tuple(partition.DAPT_RULES)  # ordered (regex over param path, label); first match wins
+  # Ordered (regex over param path, label), first match wins; None: model.peft's (partition.METHOD_RULES).
+  c.partition_rules = config_dict.placeholder(tuple)
 
   c.data = ml_collections.ConfigDict()
   c.data.name = 'scan_object_nn/hardest'  # dataset: scan_object_nn/{objbg,objonly,hardest}, modelnet40, modelnet_fewshot, synthetic_shapes

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 from typing import Sequence
 
 DESCRIPTION = """\
@@ -68,12 +69,28 @@ def _parser() -> argparse.ArgumentParser:
   return p
 
 
+def _check_destination(dst: str, force: bool) -> None:
+  """Fails before the (slower) conversion when DST cannot be written."""
+  from dapt_jax import pretrained  # pylint: disable=g-import-not-at-top
+  if os.path.lexists(dst) and not force:
+    raise pretrained.PretrainedError(f'{dst} already exists (pass --force to replace it)')
+  parent = os.path.dirname(dst)
+  if not os.path.isdir(parent):
+    raise pretrained.PretrainedError(f'{parent}: no such directory (create it first)')
+  try:  # permission bits do not stop root, and a read-only filesystem shows none: try it
+    fd, probe = tempfile.mkstemp(prefix=f'.{os.path.basename(dst)}.write-test-', dir=parent)
+    os.close(fd)
+    os.remove(probe)
+  except OSError as e:
+    raise pretrained.PretrainedError(f'{dst}: cannot write in {parent} ({e.strerror or e}); '
+                                     'choose a destination you may write to') from None
+
+
 def _to_flax(args) -> None:
   from convert import from_torch  # pylint: disable=g-import-not-at-top
   from dapt_jax import pretrained  # pylint: disable=g-import-not-at-top
   dst = os.path.abspath(args.dst)
-  if os.path.lexists(dst) and not args.force:  # fail before the (slower) conversion
-    raise pretrained.PretrainedError(f'{dst} already exists (pass --force to replace it)')
+  _check_destination(dst, args.force)
   conv = from_torch.convert_checkpoint(args.src, args.config)
   pretrained.save_converted(dst, conv.variables, conv.report, force=args.force)
   print(from_torch.summary(conv, dst, args.verbose))
@@ -83,8 +100,7 @@ def _to_torch(args) -> None:
   from convert import to_torch  # pylint: disable=g-import-not-at-top
   from dapt_jax import pretrained  # pylint: disable=g-import-not-at-top
   dst = os.path.abspath(args.dst)
-  if os.path.lexists(dst) and not args.force:
-    raise pretrained.PretrainedError(f'{dst} already exists (pass --force to replace it)')
+  _check_destination(dst, args.force)
   to_torch.import_torch()  # fail early when torch is missing
   fields = to_torch.fields_for(args.src, args.config)
   variables = pretrained.load_converted(args.src, workdir_checkpoint='last')
@@ -106,13 +122,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
   from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
   absl_logging.set_verbosity(absl_logging.ERROR)  # orbax's INFO chatter
-  from convert.errors import ConvertError  # pylint: disable=g-import-not-at-top
-  from dapt_jax.pretrained import PretrainedError  # pylint: disable=g-import-not-at-top
+  from dapt_jax import errors  # pylint: disable=g-import-not-at-top
   try:
     (_to_torch if args.to_torch else _to_flax)(args)
-  except (ConvertError, PretrainedError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
+  except errors.UserError as e:  # ConvertError, PretrainedError, ...
+    return errors.report(e)
   except KeyboardInterrupt:
     print('error: interrupted', file=sys.stderr)
     return 130
@@ -125,4 +139,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  status = main()
+  if status:
+    # A failed write may leave the checkpoint library's background threads waiting on barriers
+    # for minutes at interpreter exit; nothing is left to clean up, so end now.
+    from dapt_jax import errors  # pylint: disable=g-import-not-at-top
+    errors.exit_now(status)
+  sys.exit(0)

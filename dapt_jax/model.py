@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from dapt_jax import errors
 from dapt_jax import layers
 from dapt_jax import tokenizer
 from dapt_jax import transformer
@@ -21,7 +22,7 @@ MODEL_FIELDS = ('trans_dim', 'depth', 'num_heads', 'mlp_ratio', 'encoder_dims', 
                 'head_tokens', 'freeze_bn_stats', 'dtype')
 
 
-class ModelConfigError(ValueError):
+class ModelConfigError(errors.UserError, ValueError):
   """A model config that cannot build a model; the message is one line naming the field."""
 
 
@@ -43,7 +44,8 @@ class ClassifierHead(nn.Module):
       f = nn.relu(f)
       f = nn.Dropout(self.dropout_rate, deterministic=not train)(f)
     logits = layers.torch_dense(self.num_classes, f.shape[-1], 'fc3', self.dtype)(f)
-    return logits.astype(jnp.promote_types(self.dtype, jnp.float32))
+    # float32 for float32/bfloat16 compute; float64 under x64 (exact parity tests).
+    return logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
 
 
 class DAPTClassifier(nn.Module):
@@ -136,7 +138,7 @@ def build_model(cfg: Any, axis_name: Optional[str] = None) -> DAPTClassifier:
   v = {f: _get(cfg, f) for f in MODEL_FIELDS}
   # Optional fields (older configs and converted-checkpoint configs may not carry them).
   optional = {}
-  for field, default in (('head_dropout_rate', 0.5), ('remat', False)):
+  for field, default in (('head_dropout_rate', 0.5), ('remat', False), ('peft', 'dapt')):
     try:
       optional[field] = _get(cfg, field)
     except ModelConfigError:
@@ -166,6 +168,15 @@ def build_model(cfg: Any, axis_name: Optional[str] = None) -> DAPTClassifier:
     raise ModelConfigError("model.dtype='float64' needs 64-bit JAX: set JAX_ENABLE_X64=1")
   # Keep the tokens in the order the head concatenates them, whatever order the config lists.
   head_tokens = tuple(t for t in HEAD_TOKENS if t in head_tokens)
+  if optional['peft'] != 'dapt':  # the other PEFT methods, on Point-MAE's plain backbone
+    from dapt_jax import peft  # pylint: disable=g-import-not-at-top
+    return peft.build_classifier(
+        cfg, optional['peft'], axis_name=axis_name, trans_dim=v['trans_dim'], depth=v['depth'],
+        num_heads=v['num_heads'], mlp_ratio=float(v['mlp_ratio']), num_group=v['num_group'],
+        group_size=v['group_size'], num_classes=v['num_classes'],
+        drop_path_rate=float(v['drop_path_rate']), freeze_bn_stats=bool(v['freeze_bn_stats']),
+        dtype=dtypes[v['dtype']], head_dropout_rate=float(optional['head_dropout_rate']),
+        remat=bool(optional['remat']))
   return DAPTClassifier(
       trans_dim=v['trans_dim'], depth=v['depth'], num_heads=v['num_heads'],
       mlp_ratio=float(v['mlp_ratio']), num_group=v['num_group'], group_size=v['group_size'],

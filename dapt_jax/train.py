@@ -20,6 +20,7 @@ import numpy as np
 
 from dapt_jax import checkpoints as ckpt_lib
 from dapt_jax import data as data_lib
+from dapt_jax import errors
 from dapt_jax import evaluate as eval_lib
 from dapt_jax import model as model_lib
 from dapt_jax import optim
@@ -38,7 +39,7 @@ RESUMABLE_FIELDS = ('overwrite', 'max_steps', 'progress_bar', 'eval', 'log_every
                     'init_from', 'checkpoint')
 
 
-class TrainingError(RuntimeError):
+class TrainingError(errors.UserError, RuntimeError):
   """A run that cannot start or go on; the message is one line for the user."""
 
 
@@ -50,29 +51,56 @@ def _config_dict(config: ml_collections.ConfigDict) -> dict:
   return json.loads(config.to_json_best_effort())
 
 
-def _check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Refuses a workdir holding a run of a different config, unless config.overwrite."""
+def _check_workdir(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
+  """Refuses a workdir holding a run of a different config, unless config.overwrite.
+
+  Reads only. Returns the fields that differ ([] for a new workdir or the same run).
+  """
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    return []
+  try:
+    with open(path) as f:
+      previous = json.load(f)
+  except (OSError, ValueError) as e:
+    raise TrainingError(f'{path}: unreadable ({errors.one_line(e)}); use another --workdir, or '
+                        '--config.overwrite=True to replace the run in it') from None
+  current = _config_dict(config)
+  strip = lambda d: {k: v for k, v in d.items() if k not in RESUMABLE_FIELDS}
+  diff = sorted(k for k in set(strip(previous)) | set(strip(current))
+                if strip(previous).get(k) != strip(current).get(k))
+  if diff and not config.overwrite:
+    raise TrainingError(
+        f'{workdir} holds a run of a different config (differs in: {", ".join(diff)}); '
+        'use another --workdir, or --config.overwrite=True to replace it')
+  return diff
+
+
+# What a run writes into its workdir; --config.overwrite=True removes all of it.
+RUN_OUTPUTS = ('checkpoints', reporting.METRICS_FILE, reporting.METRICS_FILE + '.tmp',
+               'tensorboard', reporting.CURVES_FILE, CONFIG_FILE, CONFIG_FILE + '.tmp',
+               'eval_*.json', 'predictions_*.npz')
+
+
+def _claim_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Writes config.json, after replacing a different run's outputs (config.overwrite).
+
+  Called once the model, data and state are ready, so a run refused before leaves the workdir
+  as it found it.
+  """
+  diff = _check_workdir(config, workdir)
+  if diff and jax.process_index() == 0:
+    import glob  # pylint: disable=g-import-not-at-top
+    log.warning('Replacing the run in %s (config differs in: %s)', workdir, ', '.join(diff))
+    for pattern in RUN_OUTPUTS:
+      for target in glob.glob(os.path.join(glob.escape(workdir), pattern)):
+        if os.path.isdir(target):
+          shutil.rmtree(target)
+        else:
+          os.remove(target)
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, CONFIG_FILE)
   current = _config_dict(config)
-  if os.path.exists(path):
-    with open(path) as f:
-      previous = json.load(f)
-    strip = lambda d: {k: v for k, v in d.items() if k not in RESUMABLE_FIELDS}
-    if strip(previous) != strip(current):
-      diff = sorted(k for k in set(strip(previous)) | set(strip(current))
-                    if strip(previous).get(k) != strip(current).get(k))
-      if not config.overwrite:
-        raise TrainingError(
-            f'{workdir} holds a run of a different config (differs in: {", ".join(diff)}); '
-            'use another --workdir, or --config.overwrite=True to replace it')
-      log.warning('Replacing the run in %s (config differs in: %s)', workdir, ', '.join(diff))
-      for name in ('checkpoints', reporting.METRICS_FILE, 'tensorboard', reporting.CURVES_FILE):
-        target = os.path.join(workdir, name)
-        if os.path.isdir(target):
-          shutil.rmtree(target)
-        elif os.path.exists(target):
-          os.remove(target)
   if jax.process_index() == 0:
     tmp = path + '.tmp'
     with open(tmp, 'w') as f:
@@ -93,7 +121,7 @@ def build(config: ml_collections.ConfigDict, task: Optional[tasks.Task] = None):
     fresh = report.get('freshly_initialised', [])
     log.info('Loaded %d tensors from %s; %d freshly initialised%s', len(report['loaded']),
              config.init_from, len(fresh), f" ({', '.join(fresh[:6])}{', ...' if len(fresh) > 6 else ''})" if fresh else '')
-  labels = partition.label_params(variables['params'], config.partition_rules)
+  labels = partition.label_params(variables['params'], partition.rules_for(config))
   return net, variables, labels
 
 
@@ -158,7 +186,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   Returns a summary: final and best accuracy, steps, whether it stopped early.
   """
-  _check_workdir(config, workdir)
+  _check_workdir(config, workdir)  # reads only: nothing is written before the run is set up
   log.info('Devices: %d (%s), processes: %d', jax.device_count(), jax.devices()[0].platform,
            jax.process_count())
   task = tasks.get_task(config)
@@ -184,6 +212,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   state = jax.tree.map(np.asarray, state)
 
   # Checkpoints: resume when there is one.
+  _claim_workdir(config, workdir)
   ckpts = ckpt_lib.Checkpoints(workdir, config.checkpoint.keep)
   meta = {'epoch': 0, 'loader': loader.get_state(), 'best_value': None, 'best_epoch': -1}
   if ckpts.latest_step() is not None:
@@ -201,7 +230,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   parallel = steps_lib.DataParallel(config.parallel, config.batch_size)
   train_step, eval_step = steps_lib.make_task_steps(parallel, task, net, tx)
   state_dev = parallel.put_state(state)
-  writer = reporting.MetricWriter(workdir)
+  writer = reporting.MetricWriter(workdir, resume_step=int(state.step))
 
   last_epoch = config.num_epochs  # the release runs epochs 0..num_epochs inclusive
   total_steps = (last_epoch + 1) * steps_per_epoch
@@ -310,11 +339,16 @@ def _variables_for_eval(config, workdir, net, variables, labels):
   if workdir and ckpt_lib.is_workdir(workdir):
     try:
       loaded, step = ckpt_lib.workdir_variables(workdir, 'best')
+      which, _ = ckpt_lib.find_checkpoint(workdir, 'best')
     except ckpt_lib.CheckpointError:
       loaded = None
     if loaded is not None:
       variables, _ = pretrained.merge_pretrained(variables, loaded)
-      return variables, f'{workdir} (step {step})'
+      if which == 'best':
+        return variables, f'{workdir} (best checkpoint, step {step})'
+      log.warning('%s has no best checkpoint (no evaluation saved one yet): evaluating its last '
+                  'checkpoint, step %d.', workdir, step)
+      return variables, f'{workdir} (no best checkpoint: the last one, step {step})'
   if config.init_from:
     return variables, config.init_from
   raise TrainingError(f'nothing to evaluate: {workdir} has no checkpoint and no '

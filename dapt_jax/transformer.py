@@ -2,7 +2,7 @@
 internal prompt (SPEC §2); and Point-MAE's plain block (`Block`, SPEC §1 / §6.2)."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -27,19 +27,23 @@ class Attention(nn.Module):
   """Multi-head self-attention; qkv without bias; scale-shifts after qkv and after proj.
 
   `scale_shift=False` drops the scale-shifts (Point-MAE's plain attention); `kernel_init` is the
-  qkv/proj kernel initialiser (Point-MAE's decoder uses Xavier-uniform).
+  qkv/proj kernel initialiser (Point-MAE's decoder uses Xavier-uniform). `dense`, when given,
+  makes the qkv and proj layers instead of nn.Dense, with `_dense`'s signature (LoRA uses it to
+  add its low-rank update; dapt_jax/peft/lora.py).
   """
   num_heads: int
   dtype: Any = jnp.float32
   scale_shift: bool = True
   kernel_init: Callable = layers.backbone_kernel_init
+  dense: Optional[Callable[..., nn.Module]] = None
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     """x: [B, T, C] → [B, T, C]."""
     b, t, c = x.shape
     h = self.num_heads
-    qkv = _dense(3 * c, 'qkv', self.dtype, use_bias=False, kernel_init=self.kernel_init)(x)
+    make_dense = self.dense or _dense
+    qkv = make_dense(3 * c, 'qkv', self.dtype, use_bias=False, kernel_init=self.kernel_init)(x)
     qkv = _scale_shift(self.scale_shift, 'qkv_tfts', qkv)
     qkv = qkv.reshape(b, t, 3, h, c // h)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]          # [B, T, H, D]
@@ -48,7 +52,7 @@ class Attention(nn.Module):
     weights = jax.nn.softmax(logits.astype(jnp.promote_types(logits.dtype, jnp.float32)),
                              axis=-1).astype(v.dtype)
     out = jnp.einsum('bhqk,bkhd->bqhd', weights, v).reshape(b, t, c)
-    out = _dense(c, 'proj', self.dtype, kernel_init=self.kernel_init)(out)
+    out = make_dense(c, 'proj', self.dtype, kernel_init=self.kernel_init)(out)
     return _scale_shift(self.scale_shift, 'proj_tfts', out)
 
 

@@ -39,7 +39,7 @@ def test_parameter_counts_match_spec(name, variant):
   net = model_lib.build_model(cfg.model)
   shapes = jax.eval_shape(lambda k: model_lib.init_variables(net, k, cfg.data.num_points),
                           jax.random.PRNGKey(0))
-  labels = partition.label_params(shapes['params'], cfg.partition_rules)
+  labels = partition.label_params(shapes['params'], partition.rules_for(cfg))
   counts = partition.count(shapes['params'], labels)
   assert (counts['total']['trainable'], counts['total']['total']) == SPEC_COUNTS[(name, variant)]
   # Scale-shift pairs alone: 112,128 (SPEC §2).

@@ -16,10 +16,56 @@ import platform
 import sys
 import time
 
+from dapt_jax import errors
+
+
+class UsageError(errors.UserError):
+  """A bad command-line argument; one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+
+  def error(self, message):  # one `error:` line, not argparse's usage block
+    raise UsageError(f'{message} (see python -m dapt_jax.bench --help)')
+
+
+def _check_args(args) -> None:
+  """Refuses bad values before anything runs or is written."""
+  choices = {'frameworks': ('jax', 'torch'), 'modes': ('dapt', 'full', 'linear')}
+  for field, allowed in choices.items():
+    given = [x.strip() for x in getattr(args, field).split(',')]
+    bad = [x for x in given if x not in allowed]
+    if bad or not given:
+      raise UsageError(f'--{field}={getattr(args, field)}: {bad[0] if bad else "empty"!r} is not '
+                       f'one of {", ".join(allowed)} (a comma list)')
+  if args.batches:
+    try:
+      batches = [int(b) for b in args.batches.split(',')]
+    except ValueError:
+      batches = [0]
+    if min(batches) < 1:
+      raise UsageError(f'--batches={args.batches}: must be a comma list of positive integers')
+  for field, minimum in (('max_batch', 1), ('warmup', 0), ('steps', 1)):
+    value = getattr(args, field)
+    if value is not None and value < minimum:
+      raise UsageError(f'--{field.replace("_", "-")}={value}: must be >= {minimum}')
+  if args.model:
+    try:
+      model = json.loads(args.model)
+    except ValueError as e:
+      raise UsageError(f'--model: not valid JSON ({e})') from None
+    if not isinstance(model, dict):
+      raise UsageError(f'--model={args.model}: must be a JSON object, e.g. \'{{"depth": 2}}\'')
+  from dapt_jax import workdir  # pylint: disable=g-import-not-at-top
+  try:
+    workdir.check_writable(args.out, what='--out')
+  except workdir.WorkdirError as e:
+    raise UsageError(str(e)) from None
+
 
 def _parse(argv):
-  p = argparse.ArgumentParser(prog='python -m dapt_jax.bench', description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = _Parser(prog='python -m dapt_jax.bench', description=__doc__,
+              formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument('--quick', action='store_true', help='the short setting (see above)')
   p.add_argument('--out', default='runs/bench', help='output folder for bench.json / bench.md')
   p.add_argument('--frameworks', default='jax,torch', help='comma list of jax, torch')
@@ -35,7 +81,10 @@ def _parse(argv):
   p.add_argument('--model', default=None,
                  help='JSON object of model config overrides, e.g. \'{"depth": 2}\' (smoke runs)')
   p.add_argument('--one', default=None, help=argparse.SUPPRESS)  # child: one JSON spec
-  return p.parse_args(argv)
+  args = p.parse_args(argv)
+  if args.one is None:
+    _check_args(args)
+  return args
 
 
 def _child(spec_json: str) -> None:
@@ -89,4 +138,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == '__main__':
-  main()
+  errors.run_cli(main)
