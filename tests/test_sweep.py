@@ -162,3 +162,22 @@ def test_user_mistakes_are_one_line_errors(tmp_path):
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith('error: ') and expected in last and 'Traceback' not in out.stderr
   assert not (tmp_path / 'w').exists()  # validated before touching the workdir
+
+
+def test_sigterm_is_passed_to_the_running_run():
+  """The sweep's handler forwards SIGTERM to the child (main.py saves on it) and remembers it."""
+  import signal
+  forward = sweep._Forward()  # pylint: disable=protected-access
+  child = subprocess.Popen(
+      [sys.executable, '-c', 'import signal, sys, time\n'
+       'signal.signal(signal.SIGTERM, lambda *a: sys.exit(7))\n'
+       'print("ready", flush=True)\ntime.sleep(120)'], stdout=subprocess.PIPE, text=True)
+  try:
+    assert child.stdout.readline().strip() == 'ready'
+    forward.child = child
+    forward(signal.SIGTERM, None)
+    assert child.wait(timeout=60) == 7
+    assert forward.requested
+  finally:
+    if child.poll() is None:
+      child.kill()
