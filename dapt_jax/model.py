@@ -43,7 +43,7 @@ class ClassifierHead(nn.Module):
       f = nn.relu(f)
       f = nn.Dropout(self.dropout_rate, deterministic=not train)(f)
     logits = layers.torch_dense(self.num_classes, f.shape[-1], 'fc3', self.dtype)(f)
-    return logits.astype(jnp.float32)
+    return layers.at_least_float32(logits)
 
 
 class DAPTClassifier(nn.Module):

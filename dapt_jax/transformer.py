@@ -34,7 +34,7 @@ class Attention(nn.Module):
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]          # [B, T, H, D]
     scale = (c // h) ** -0.5
     logits = jnp.einsum('bqhd,bkhd->bhqk', q, k) * scale
-    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
+    weights = jax.nn.softmax(layers.at_least_float32(logits), axis=-1).astype(v.dtype)
     out = jnp.einsum('bhqk,bkhd->bqhd', weights, v).reshape(b, t, c)
     out = _dense(c, 'proj', self.dtype)(out)
     return layers.ScaleShift(name='proj_tfts')(out)
