@@ -271,8 +271,13 @@ def test_training_workdir_converts_to_torch_and_loads_as_init_from(tmp_path):
   # The workdir also serves as --config.init_from, and both models agree.
   cfg2 = tiny_config(tmp_path, init_from=workdir)
   net, variables, _ = train.build(cfg2)
-  pts = np.random.default_rng(1).normal(size=(3, 64, 3)).astype(np.float32)
-  got = np.asarray(net.clone(axis_name=None).apply(variables, pts, train=False))
+  # Compared in float64 on both sides, so the check holds to float64 rounding on any CPU (the
+  # 1e-10 relative bound is derived in tests/test_model.py, F64_RTOL).
+  pts = np.random.default_rng(1).normal(size=(3, 64, 3))
+  with jax.enable_x64(True):
+    got = np.asarray(net.clone(axis_name=None, dtype=np.float64).apply(
+        jax.tree.map(lambda v: np.asarray(v, np.float64), variables), pts, train=False))
   with torch.no_grad():
-    want = ref(torch.from_numpy(pts)).numpy()
-  np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+    want = ref.double()(torch.from_numpy(pts)).numpy()
+  assert got.dtype == want.dtype == np.float64
+  assert np.abs(got - want).max() <= 1e-10 * np.abs(want).max()
