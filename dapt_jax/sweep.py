@@ -118,8 +118,11 @@ class Run:
     return os.path.join(root, self.name)
 
 
-def plan_runs(config, axis_values: dict[str, str], argv: Sequence[str]) -> list[Run]:
-  """The runs: the product of the given axes (seeds always; the others when given)."""
+def plan_runs(config, axis_values: dict[str, str], overrides: Sequence[str]) -> list[Run]:
+  """The runs: the product of the given axes (seeds always; the others when given).
+
+  overrides: the `--config.*=value` arguments, to refuse one that sets an axis's field.
+  """
   used = []
   for axis in AXES:
     text = axis_values.get(axis.flag)
@@ -127,7 +130,7 @@ def plan_runs(config, axis_values: dict[str, str], argv: Sequence[str]) -> list[
       continue
     if axis.applies is not None and axis.applies(config):
       raise SweepError(axis.applies(config))
-    given = [a for a in argv if a.split('=', 1)[0] == f'--config.{axis.field}']
+    given = [a for a in overrides if a.split('=', 1)[0] == f'--config.{axis.field}']
     if given:
       raise SweepError(f'{given[0]} conflicts with --{axis.flag}: give the values with '
                        f'--{axis.flag} only')
@@ -419,7 +422,7 @@ def main(argv):
     raw = sys.argv[1:]
     spec = config_spec(raw)
     overrides = config_overrides(raw)
-    runs = plan_runs(FLAGS.config, {'folds': FLAGS.folds, 'seeds': FLAGS.seeds}, raw)
+    runs = plan_runs(FLAGS.config, {'folds': FLAGS.folds, 'seeds': FLAGS.seeds}, overrides)
     root = os.path.abspath(FLAGS.workdir)
     if os.path.exists(root) and not os.path.isdir(root):
       raise SweepError(f'--workdir={FLAGS.workdir}: exists and is not a folder')
