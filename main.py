@@ -21,7 +21,9 @@ config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/scano
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and evaluation output.')
 flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict'],
                   'train (resumes if the workdir has a run), eval, or predict.')
-flags.DEFINE_string('input', None, '--mode=predict: a point-cloud file (.npy .txt .xyz .ply .h5).')
+flags.DEFINE_string('input', None, '--mode=predict: a cloud or mesh file, a folder or a glob '
+                    '(.npy .txt .xyz .ply .pcd .h5 .off .obj .stl); writes '
+                    '<workdir>/predictions.csv.')
 flags.DEFINE_bool('distributed', None, 'Call jax.distributed.initialize() (multi-host). Default: '
                   'when a cluster environment (SLURM, TPU pod, JAX_COORDINATOR_ADDRESS) is seen.')
 
@@ -96,9 +98,8 @@ def main(argv):
             f"{100 * m['mean_class_accuracy']:.2f} % over {m['num_samples']} samples "
             f"(votes={m['votes']}); wrote {FLAGS.workdir}/eval_{m['split']}.json")
     else:
-      top = train.predict_file(config, FLAGS.workdir, FLAGS.input)
-      for rank, (name, prob) in enumerate(top, 1):
-        print(f'{rank}. {name:<20} {100 * prob:6.2f} %')
+      from dapt_jax import predict  # pylint: disable=g-import-not-at-top
+      print(predict.summary(predict.predict(config, FLAGS.workdir, FLAGS.input)))
   except user_errors as e:
     _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
 

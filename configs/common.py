@@ -50,6 +50,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.synthetic_seed = 0          # synthetic_shapes: generator seed
   c.data.source_format = 'auto'      # modelnet40: 'auto', 'dat', 'txt' or 'h5' files in data_dir
   c.data.modelnet_points = 8192      # modelnet40: points kept per shape when preparing raw files
+  c.data.folder_points = 2048        # folder: points per stored cloud (FPS down; fewer resampled, with a warning)
+  c.data.folder_mesh_points = 8192   # folder: points sampled uniformly on each mesh surface before that FPS
+  c.data.folder_min_points = 32      # folder: clouds with fewer points are refused
+  c.data.folder_normalize = 'unit_sphere'  # folder: 'unit_sphere' (centre, radius 1), 'center' (metric scale) or 'none'
+  c.data.folder_up_axis = 'y'        # folder: the files' up axis, 'y' or 'z' (turned to y-up)
+  c.data.folder_test_fraction = 0.2  # folder without test/: share of each class held out for test
+  c.data.folder_split_seed = 0       # folder without test/: seed of that stratified split
 
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 5e-4               # peak learning rate (AdamW)

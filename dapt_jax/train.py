@@ -1,4 +1,4 @@
-"""Fine-tuning, evaluation and prediction entry points used by main.py.
+"""Fine-tuning and evaluation entry points used by main.py (prediction: `dapt_jax.predict`).
 
 `train_and_evaluate` reads top to bottom: model → optimizer → state → data → step functions →
 loop → eval → checkpoint.
@@ -27,7 +27,6 @@ from dapt_jax import partition
 from dapt_jax import pretrained
 from dapt_jax import reporting
 from dapt_jax import steps as steps_lib
-from dapt_jax.data import augment
 
 log = logging.getLogger('dapt_jax')
 
@@ -169,6 +168,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   Returns a summary: final and best accuracy, steps, whether it stopped early.
   """
+  config = data_lib.classes.fit_to_data(config)  # folder data: prepared, num_classes set
   _check_workdir(config, workdir)
   log.info('Devices: %d (%s), processes: %d', jax.device_count(), jax.devices()[0].platform,
            jax.process_count())
@@ -179,6 +179,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   # Data (prepared on first use; clear errors for missing or bad files).
   train_source, train_info, eval_source, eval_info = _sources(config)
+  if jax.process_index() == 0:  # what --mode=predict labels its outputs with
+    data_lib.classes.write(workdir, train_info.class_names)
   loader = data_lib.TrainLoader(train_source, config.batch_size, config.seed,
                                 jax.process_index(), jax.process_count())
   steps_per_epoch = loader.steps_per_epoch
@@ -327,6 +329,7 @@ def _variables_for_eval(config, workdir, net, variables, labels):
 
 def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """--mode=eval: writes eval_<split>.json and predictions_<split>.npz into the workdir."""
+  config = data_lib.classes.fit_to_data(config)
   net, variables, labels = build(config)
   variables, origin = _variables_for_eval(config, workdir, net, variables, labels)
   split = config.eval.split
@@ -346,38 +349,3 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
       json.dump(metrics, f, indent=2)
     np.savez(os.path.join(workdir, f'predictions_{split}.npz'), logits=logits, labels=labels_)
   return metrics
-
-
-def predict_file(config: ml_collections.ConfigDict, workdir: str, input_path: str,
-                 k: int = 5) -> list[tuple[str, float]]:
-  """--mode=predict: the top-k classes with probabilities for one cloud file."""
-  points = eval_lib.read_cloud(input_path)
-  net, variables, labels = build(config)
-  variables, _ = _variables_for_eval(config, workdir, net, variables, labels)
-  class_names = _class_names(config, workdir)
-  pts = eval_lib.fit_points(points, config.data.num_points)
-  single = net.clone(axis_name=None)
-
-  @jax.jit
-  def run(variables, pts):
-    return single.apply(variables, augment.eval_view(pts[None], config.data.num_points),
-                        train=False)[0]
-
-  logits = np.asarray(run(variables, pts))
-  return eval_lib.top_k(logits, class_names, k)
-
-
-def _class_names(config, workdir) -> list[str]:
-  """Class names without preparing the dataset when the workdir already knows them."""
-  for split in ('test', 'train'):
-    path = os.path.join(workdir or '', f'eval_{split}.json')
-    if os.path.exists(path):
-      with open(path) as f:
-        names = json.load(f).get('class_names')
-      if names:
-        return names
-  try:
-    _, info = data_lib.get_source(config.data, config.data.eval_split)
-    return list(info.class_names)
-  except data_lib.DataError:
-    return [f'class {i}' for i in range(config.model.num_classes)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 DATASET_NAMES = ('scan_object_nn/objbg', 'scan_object_nn/objonly', 'scan_object_nn/hardest',
-                 'modelnet40', 'synthetic_shapes')
+                 'modelnet40', 'synthetic_shapes', 'folder')
 
 DEFAULT_TFDS_DATA_DIR = '~/.cache/dapt_jax/tfds'
 
@@ -30,6 +30,10 @@ def default_data_config(name: str) -> Any:
     dc.data_dir = 'data/ModelNet/modelnet40_normal_resampled'  # raw release, .dat or ply h5 files
     dc.num_points = 1024
     dc.point_all = 1200
+  elif name == 'folder':
+    dc.data_dir = ''  # your folder: train/<class>/<files>, optionally test/ and val/
+    dc.num_points = 1024
+    dc.point_all = 1200
   else:
     dc.data_dir = ''  # ignored: synthetic data needs no files
     dc.num_points = 1024
@@ -45,4 +49,12 @@ def default_data_config(name: str) -> Any:
   dc.synthetic_points = 1024  # points stored per cloud
   dc.synthetic_num_classes = 10  # 10..12 shape classes
   dc.synthetic_seed = 0  # the whole dataset is a function of this seed
+  # folder only (ignored by the other datasets):
+  dc.folder_points = 2048  # points per stored cloud (FPS down; fewer are resampled with a warning)
+  dc.folder_mesh_points = 8192  # points sampled uniformly on each mesh surface before that FPS
+  dc.folder_min_points = 32  # clouds with fewer points are refused
+  dc.folder_normalize = 'unit_sphere'  # 'unit_sphere' (centre, scale to radius 1) | 'center' | 'none'
+  dc.folder_up_axis = 'y'  # the files' up axis: 'y' (as the benchmarks) or 'z' (turned to y-up)
+  dc.folder_test_fraction = 0.2  # without a test/ folder: share of each class held out for test
+  dc.folder_split_seed = 0  # without a test/ folder: seed of that stratified split
   return dc
