@@ -19,6 +19,7 @@ from configs import synthetic
 from dapt_jax import checkpoints as ckpt_lib
 from dapt_jax import optim
 from dapt_jax import partition
+from dapt_jax import predict
 from dapt_jax import reporting
 from dapt_jax import steps as steps_lib
 from dapt_jax import train
@@ -185,7 +186,7 @@ def test_train_eval_outputs_and_exact_resume(tmp_path):
     f.write(b'ply\nformat binary_little_endian 1.0\nelement vertex 200\n'
             b'property float x\nproperty float y\nproperty float z\nend_header\n')
     f.write(cloud.astype('<f4').tobytes())
-  results = [train.predict_file(config, full_dir, str(p)) for p in paths.values()]
+  results = [predict.predict(config, full_dir, str(p)).top(0) for p in paths.values()]
   for top in results:
     assert len(top) == 4 and abs(sum(p for _, p in top) - 1.0) < 1e-5
     assert [n for n, _ in top] == [n for n, _ in results[0]]
