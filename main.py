@@ -225,6 +225,10 @@ def main(argv):
     if FLAGS.mode == 'train':
       with workdir_lib.lock(FLAGS.workdir, enabled=jax.process_index() == 0):
         summary = train.train_and_evaluate(config, FLAGS.workdir)
+      if summary['stopped'] == 'preempted':
+        print(f"stopped after step {summary['steps']} (preempted); re-run the same command to "
+              'resume')
+        return errors.EXIT_PREEMPTED  # a scheduler requeues on this status
       if summary['final_accuracy'] is not None:
         print(f"final accuracy: {100 * summary['final_accuracy']:.2f} % "
               f"(mean class {100 * summary['final_mean_class_accuracy']:.2f} %), "
@@ -239,8 +243,6 @@ def main(argv):
       else:
         print(f"stopped after step {summary['steps']} ({summary['stopped']}); "
               're-run the same command to resume')
-      if summary['stopped'] == 'preempted':
-        return errors.EXIT_PREEMPTED  # a scheduler requeues on this status
     elif FLAGS.mode == 'eval':
       m = train.evaluate_workdir(config, FLAGS.workdir)
       print(f"{m['split']}: accuracy {100 * m['accuracy']:.2f} %, mean class accuracy "
