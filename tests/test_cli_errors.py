@@ -161,8 +161,12 @@ def test_workdir_that_is_a_file_or_cannot_be_created(paths, tmp_path):
   assert_refused(run(base(paths, workdir=a_file)), str(a_file), 'is a file')
   assert a_file.read_text() == 'keep me'
   locked = unwritable_dir(tmp_path)
+  before = snapshot(locked) if locked != '/sys' else None
+  assert_refused(run(base(paths, workdir=locked)), locked, 'is not writable')
   assert_refused(run(base(paths, workdir=f'{locked}/run')), f'{locked}/run', 'not writable')
   assert not os.path.exists(f'{locked}/run')
+  if before is not None:
+    assert snapshot(locked) == before
 
 
 def _h5(path, clouds, classes):
@@ -209,7 +213,8 @@ def trained(paths):
   return paths['w']
 
 
-def test_refusals_leave_an_existing_run_untouched_then_it_resumes(paths, trained, tmp_path):
+def test_refusals_leave_a_run_untouched_it_resumes_and_overwrite_replaces_it(paths, trained,
+                                                                             tmp_path):
   before = snapshot(trained)
   cases = [
       (['--config.batchsize=8'], ['did you mean --config.batch_size']),
@@ -246,6 +251,23 @@ def test_refusals_leave_an_existing_run_untouched_then_it_resumes(paths, trained
   rows = [json.loads(line) for line in open(os.path.join(trained, 'metrics.jsonl'))]
   assert [r['step'] for r in rows if r['split'] == 'train'] == [1, 2]
 
+  # --mode=eval without a best checkpoint says what it evaluated; then --config.overwrite=True
+  # with another config replaces every output of this run, evaluation outputs included.
+  ev = run(base(paths) + ['--mode=eval'])
+  assert ev.returncode == 0, ev.stderr[-3000:]
+  assert 'no best checkpoint: the last one, step 2' in ev.stdout
+  assert {'eval_test.json', 'predictions_test.npz'} <= set(os.listdir(trained))
+  assert json.load(open(os.path.join(trained, 'config.json')))['optim']['lr'] != 2e-3
+  new = run(base(paths) + ['--config.max_steps=1', '--config.optim.lr=2e-3',
+                           '--config.overwrite=True'])
+  assert new.returncode == 0, new.stderr[-3000:]
+  left = set(os.listdir(trained))
+  assert not {'eval_test.json', 'predictions_test.npz', workdir_lib.LOCK_FILE} & left, left
+  assert json.load(open(os.path.join(trained, 'config.json')))['optim']['lr'] == 2e-3
+  rows = [json.loads(line) for line in open(os.path.join(trained, 'metrics.jsonl'))]
+  assert [r['step'] for r in rows] == [1]  # the replaced run's rows went with it
+  assert os.listdir(os.path.join(trained, 'checkpoints', 'last')) == ['1']
+
 
 def test_busy_workdir_is_refused_naming_the_holder(paths, tmp_path):
   workdir = str(tmp_path / 'busy')
@@ -255,26 +277,6 @@ def test_busy_workdir_is_refused_naming_the_holder(paths, tmp_path):
     assert 'another --workdir' in line
     assert sorted(os.listdir(workdir)) == [workdir_lib.LOCK_FILE]
   assert not os.path.exists(workdir)  # the lock made it, and the lock removed it
-
-
-def test_overwrite_replaces_every_output_of_the_previous_run(paths, tmp_path):
-  workdir = str(tmp_path / 'over')
-  first = run(base(paths, workdir=workdir) + ['--config.max_steps=1'])
-  assert first.returncode == 0, first.stderr[-3000:]
-  ev = run(base(paths, workdir=workdir) + ['--mode=eval'])
-  assert ev.returncode == 0, ev.stderr[-3000:]
-  assert 'no best checkpoint: the last one, step 1' in ev.stdout
-  assert {'eval_test.json', 'predictions_test.npz'} <= set(os.listdir(workdir))
-  old_config = json.load(open(os.path.join(workdir, 'config.json')))
-  second = run(base(paths, workdir=workdir) + ['--config.max_steps=1', '--config.optim.lr=2e-3',
-                                               '--config.overwrite=True'])
-  assert second.returncode == 0, second.stderr[-3000:]
-  left = set(os.listdir(workdir))
-  assert not {'eval_test.json', 'predictions_test.npz', workdir_lib.LOCK_FILE} & left, left
-  assert json.load(open(os.path.join(workdir, 'config.json')))['optim']['lr'] == 2e-3
-  assert old_config['optim']['lr'] != 2e-3
-  rows = [json.loads(line) for line in open(os.path.join(workdir, 'metrics.jsonl'))]
-  assert [r['step'] for r in rows] == [1]  # the first run's rows went with it
 
 
 # ---------------------------------------------------------------------------------------------
