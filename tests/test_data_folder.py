@@ -279,7 +279,7 @@ def test_train_evaluate_and_predict_through_main(tmp_path):
   flags = _flags(root, tmp_path)
   trained = _main(*flags, f'--workdir={workdir}')
   assert trained.returncode == 0, trained.stderr[-3000:]
-  assert 'final accuracy' in trained.stdout
+  assert 'final: accuracy' in trained.stdout
   with open(workdir / 'classes.json') as f:
     assert json.load(f) == {'class_names': ['box', 'cone', 'cylinder']}
   with open(workdir / 'config.json') as f:
