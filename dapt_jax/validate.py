@@ -35,7 +35,7 @@ from dapt_jax import errors
 
 MODES = ('train', 'eval', 'predict', 'summary')  # summary: the parameter table, no data
 PARALLEL_MODES = ('pmap', 'shard_map')
-DTYPES = ('float32', 'bfloat16')
+DTYPES = ('float32', 'bfloat16', 'float64')  # float64: checks against the reference (x64)
 
 
 class ConfigError(errors.UserError, ValueError):
@@ -285,6 +285,8 @@ def _data_fields(config, ctx: Context) -> None:
       raise ConfigError(f'config.model.{field}={value}: must be <= config.data.num_points='
                         f'{num_points} (the tokenizer picks it from the cloud)')
   _bool(config, 'data.skip_full_fps', default=False)
+  _bool(config, 'data.shuffle', default=True)
+  _bool(config, 'data.augment', default=True)
   _str(config, 'data.data_dir', allow_empty=True)
   tfds_dir = _str(config, 'data.tfds_data_dir', optional=True, default=None)
   if tfds_dir and os.path.exists(os.path.expanduser(tfds_dir)) and not os.path.isdir(

@@ -144,3 +144,16 @@ def _synthetic(dc: Any) -> DataFacts:
     raise DataError(f'data.synthetic_num_classes={k}: must be in [{synthetic.MIN_CLASSES}, '
                     f'{len(synthetic.SHAPE_NAMES)}]')
   return DataFacts(num_classes=k, points_per_cloud=dc.synthetic_points)
+
+
+@register('modelnet_fewshot')
+def _modelnet_fewshot(dc: Any) -> DataFacts:
+  from dapt_jax.data import fewshot  # pylint: disable=g-import-not-at-top
+  way, shot, fold = fewshot.check_task(getattr(dc, 'way', 5), getattr(dc, 'shot', 10),
+                                       getattr(dc, 'fold', 0))
+  path = fewshot.fold_path(_data_dir(dc), way, shot, fold)
+  if not os.access(path, os.R_OK):
+    raise DataError(f'{path}: not readable')
+  # The 40-way head's label space (the fold's own classes are labels 0..way-1); the stored point
+  # count is only known once the pickle is read.
+  return DataFacts(num_classes=40, points_per_cloud=None)
