@@ -40,13 +40,16 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray, num_classes: 
 def collect(eval_fn: Callable, put_batch: Callable, gather: Callable,
             batches: Iterable[dict]) -> tuple[np.ndarray, np.ndarray]:
   """Runs `eval_fn` over padded, masked batches; returns (logits, labels) of the real samples
-  only, each sample exactly once, in loader order."""
+  only, each sample exactly once, in loader order.
+
+  `gather` turns device outputs and host-local arrays into whole global batches (on several
+  hosts each reads only its part of every batch)."""
   all_logits, all_labels = [], []
   for batch in batches:
-    mask = np.asarray(batch['mask'], bool)
+    mask = np.asarray(gather(np.asarray(batch['mask'], bool)), bool)
     logits = gather(eval_fn(put_batch({'points': batch['points']})))
     all_logits.append(logits[mask])
-    all_labels.append(np.asarray(batch['label'])[mask])
+    all_labels.append(np.asarray(gather(np.asarray(batch['label'])))[mask])
   if not all_logits:
     return np.zeros((0, 0), np.float32), np.zeros((0,), np.int64)
   return np.concatenate(all_logits), np.concatenate(all_labels)

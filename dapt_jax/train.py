@@ -277,7 +277,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           writer.write('eval', step, epoch, {
               'accuracy': last_eval['accuracy'],
               'mean_class_accuracy': last_eval['mean_class_accuracy'],
-              'best_accuracy': best['accuracy']})
+              'best_accuracy': best['accuracy'], 'num_samples': last_eval['num_samples']})
           log.info('epoch %d: eval accuracy %.2f %% (mean class %.2f %%), best %.2f %% '
                    '(epoch %d)', epoch, 100 * last_eval['accuracy'],
                    100 * last_eval['mean_class_accuracy'], 100 * best['accuracy'], best['epoch'])
