@@ -217,6 +217,13 @@ def main(argv):
                                  process_id=int(env.get('JAX_PROCESS_ID', '0')))
     else:  # SLURM, TPU pods, ...: JAX detects the cluster itself
       jax.distributed.initialize()
+    # Open the cross-process communicators now, while the processes are in step: CPU hosts'
+    # collectives (gloo) fail when processes first reach one more than 30 s apart, as happens when
+    # one compiles slower. One device per process (checkpoint barriers), then every device (steps).
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices('dapt_jax: processes up')
+    jax.pmap(lambda x: jax.lax.psum(x, 'all'), axis_name='all')(
+        jax.numpy.ones(jax.local_device_count())).block_until_ready()
 
   from dapt_jax import validate  # pylint: disable=g-import-not-at-top
   from dapt_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top

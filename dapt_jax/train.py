@@ -299,7 +299,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             if is_best:
               best = {'value': scalars[task.best_metric], 'epoch': epoch}
             scalars[f'best_{task.best_metric}'] = best['value']
-          writer.write('eval', step, epoch, scalars)
+          scalars['num_samples'] = last_eval.get('num_samples')  # each sample counted once
+          writer.write('eval', step, epoch, {k: v for k, v in scalars.items() if v is not None})
           log.info('epoch %d: eval %s%s', epoch, task.describe(last_eval),
                    f"; best {task.best_metric} {best['value']:.4f} (epoch {best['epoch']})"
                    if task.best_metric is not None else '')
