@@ -16,7 +16,8 @@ Command:
   python main.py --config=configs/folder.py --workdir=runs/mine --mode=predict --input=new_scans/
 
 Variant `small`: the demo's model (configs/synthetic.py sizes, random backbone) for a smoke run on
-CPU, e.g. on the example folder (3 classes, mixed formats, 48 train / 24 test files):
+CPU, e.g. on the example folder (3 classes, mixed formats, 48 train / 24 test files; measured:
+95.8 % test accuracy after epochs 0..100, best 100 % at epoch 90, 85 s of CPU time):
   python -m dapt_jax.data.folder --make-example my_clouds
   python main.py --config=configs/folder.py:small --workdir=runs/example \
       --config.data.data_dir=my_clouds
@@ -51,10 +52,10 @@ def get_config(arg=None):
     c.data.folder_mesh_points = 2048
     c.optim.lr = 1e-3
     c.optim.warmup_epochs = 2
-    c.num_epochs = 15
+    c.num_epochs = 100
     c.batch_size = 16
     c.eval.batch_size = 16
-    c.eval.every_epochs = 5
-    c.checkpoint.every_epochs = 5
+    c.eval.every_epochs = 10
+    c.checkpoint.every_epochs = 10
     c.log_every_steps = 10
   return common.finalize(c)

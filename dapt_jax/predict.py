@@ -35,6 +35,7 @@ import optax
 from dapt_jax import data as data_lib
 from dapt_jax import evaluate as eval_lib
 from dapt_jax import steps as steps_lib
+from dapt_jax import train
 from dapt_jax.data import classes as classes_lib
 from dapt_jax.data import clouds
 from dapt_jax.data import folder
@@ -145,8 +146,9 @@ def load_inputs(paths: list, config: Any, progress: bool = True) -> np.ndarray:
 
 def predict(config: Any, workdir: Optional[str], input_spec: str) -> Predictions:
   """Predicts every cloud `input_spec` names; writes `<workdir>/predictions.csv` (process 0)."""
-  from dapt_jax import train  # pylint: disable=g-import-not-at-top  (train imports this module's peers)
-
+  if workdir is None and not config.init_from:
+    raise eval_lib.InputError('--mode=predict needs --workdir (a training run) or '
+                              '--config.init_from (a converted checkpoint)')
   paths = find_inputs(input_spec)
   if workdir is None and len(paths) > 1:
     raise eval_lib.InputError(f'{input_spec}: {len(paths)} files; --mode=predict writes their '
@@ -160,7 +162,7 @@ def predict(config: Any, workdir: Optional[str], input_spec: str) -> Predictions
     raise eval_lib.InputError(f'eval.batch_size: {e}') from None
   points = load_inputs(paths, config, config.progress_bar)
 
-  net, variables, labels = train.build(config, num_points=points.shape[1])
+  net, variables, labels = train.build(config)
   variables, weights = train._variables_for_eval(config, workdir, net, variables, labels)  # pylint: disable=protected-access
   log.info('Predicting %d file(s) with %s; classes from %s', len(paths), weights, origin)
   state = steps_lib.create_state(variables, labels, optax.identity(), jax.random.PRNGKey(0))

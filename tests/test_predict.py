@@ -153,4 +153,6 @@ def test_bad_inputs_are_one_line_and_write_nothing(run, tmp_path):
     bad.unlink()
   fx.write_npy(str(inputs / 'b_other.npy'), good)
   with pytest.raises(evaluate.InputError, match='give one'):  # two files need a workdir
-    predict.predict(config, None, str(inputs / '*'))
+    predict.predict(_with(config, init_from=workdir), None, str(inputs / '*'))
+  with pytest.raises(evaluate.InputError, match='needs --workdir'):
+    predict.predict(config, None, str(inputs / 'a_good.npy'))
