@@ -31,7 +31,9 @@ flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and eva
 flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict', 'summary'],
                   'train (resumes if the workdir has a run), eval, predict, or summary (the '
                   'parameter table: what trains, per module and partition rule; no data).')
-flags.DEFINE_string('input', None, '--mode=predict: a point-cloud file (.npy .txt .xyz .ply .h5).')
+flags.DEFINE_string('input', None, '--mode=predict: a cloud or mesh file, a folder or a glob '
+                    '(.npy .txt .xyz .ply .pcd .h5 .off .obj .stl); writes '
+                    '<workdir>/predictions.csv.')
 flags.DEFINE_bool('distributed', None, 'Call jax.distributed.initialize() (multi-host). Default: '
                   'when a cluster environment (SLURM, TPU pod, JAX_COORDINATOR_ADDRESS) is seen.')
 flags.DEFINE_bool('debug', False, 'Print the traceback of a user error too (as DAPT_JAX_DEBUG=1).')
@@ -215,6 +217,13 @@ def main(argv):
                                  process_id=int(env.get('JAX_PROCESS_ID', '0')))
     else:  # SLURM, TPU pods, ...: JAX detects the cluster itself
       jax.distributed.initialize()
+    # Open the cross-process communicators now, while the processes are in step: CPU hosts'
+    # collectives (gloo) fail when processes first reach one more than 30 s apart, as happens when
+    # one compiles slower. One device per process (checkpoint barriers), then every device (steps).
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices('dapt_jax: processes up')
+    jax.pmap(lambda x: jax.lax.psum(x, 'all'), axis_name='all')(
+        jax.numpy.ones(jax.local_device_count())).block_until_ready()
 
   from dapt_jax import validate  # pylint: disable=g-import-not-at-top
   from dapt_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
@@ -251,9 +260,8 @@ def main(argv):
             f"(votes={m['votes']}) of {m['checkpoint']}; wrote "
             f"{FLAGS.workdir}/eval_{m['split']}.json")
     else:
-      top = train.predict_file(config, FLAGS.workdir, FLAGS.input)
-      for rank, (name, prob) in enumerate(top, 1):
-        print(f'{rank}. {name:<20} {100 * prob:6.2f} %')
+      from dapt_jax import predict  # pylint: disable=g-import-not-at-top
+      print(predict.summary(predict.predict(config, FLAGS.workdir, FLAGS.input)))
   except errors.UserError as e:
     errors.report(e)
     errors.exit_now(errors.EXIT_USER_ERROR)  # no background save/restore left to wait for

@@ -64,6 +64,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.way = 5                     # modelnet_fewshot: classes per task (5 or 10)
   c.data.shot = 10                   # modelnet_fewshot: training shapes per class (10 or 20)
   c.data.fold = 0                    # modelnet_fewshot: which of the 10 folds (0..9)
+  c.data.folder_points = 2048        # folder: points per stored cloud (FPS down; fewer resampled, with a warning)
+  c.data.folder_mesh_points = 8192   # folder: points sampled uniformly on each mesh surface before that FPS
+  c.data.folder_min_points = 32      # folder: clouds with fewer points are refused
+  c.data.folder_normalize = 'unit_sphere'  # folder: 'unit_sphere' (centre, radius 1), 'center' (metric scale) or 'none'
+  c.data.folder_up_axis = 'y'        # folder: the files' up axis, 'y' or 'z' (turned to y-up)
+  c.data.folder_test_fraction = 0.2  # folder without test/: share of each class held out for test
+  c.data.folder_split_seed = 0       # folder without test/: seed of that stratified split
 
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 5e-4               # peak learning rate (AdamW)

@@ -139,13 +139,15 @@ class Checkpoints:
       if meta.get('best_epoch', -1) >= 0:
         log.warning('The best checkpoint (epoch %s) is not on disk; the next evaluations choose '
                     'the best again.', meta['best_epoch'])
-      return dict(meta, best_accuracy=-1.0, best_epoch=-1)
+      return dict(meta, best_value=None, best_accuracy=-1.0, best_epoch=-1)
     try:
       best_meta = self.best.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
       best_meta = dict(best_meta['meta'])
     except (ValueError, KeyError, TypeError, OSError):
       return meta
-    return dict(meta, best_accuracy=best_meta.get('best_accuracy', -1.0),
+    # 'best_value' is the task's best metric; checkpoints written before tasks had 'best_accuracy'.
+    value = best_meta.get('best_value', best_meta.get('best_accuracy'))
+    return dict(meta, best_value=value, best_accuracy=best_meta.get('best_accuracy', -1.0),
                 best_epoch=best_meta.get('best_epoch', -1))
 
   def close(self) -> None:

@@ -46,19 +46,21 @@ def collect_outputs(eval_fn: Callable, put_batch: Callable, gather: Callable,
   """Runs `eval_fn` over padded, masked batches.
 
   Only `device_fields` of each batch go to the devices; `eval_fn` returns a dict of per-sample
-  outputs. Returns (outputs, host fields) of the real samples only, each sample exactly once, in
-  loader order; the host fields are the batch's own (labels, 'index', ...) without 'mask'.
+  outputs. `gather` turns device outputs and host-local arrays into whole global batches (on
+  several hosts each reads only its part of every batch). Returns (outputs, host fields) of the
+  real samples only, each sample exactly once, in loader order; the host fields are the batch's
+  own (labels, 'index', ...) without 'mask' and the clouds.
   """
   outs: dict[str, list] = {}
   host: dict[str, list] = {}
   for batch in batches:
-    mask = np.asarray(batch['mask'], bool)
+    mask = np.asarray(gather(np.asarray(batch['mask'], bool)), bool)
     result = eval_fn(put_batch({f: batch[f] for f in device_fields}))
     for k, v in result.items():
       outs.setdefault(k, []).append(gather(v)[mask])
     for k, v in batch.items():
-      if k != 'mask':
-        host.setdefault(k, []).append(np.asarray(v)[mask])
+      if k not in ('mask', 'points'):
+        host.setdefault(k, []).append(np.asarray(gather(np.asarray(v)))[mask])
   return ({k: np.concatenate(v) for k, v in outs.items()},
           {k: np.concatenate(v) for k, v in host.items()})
 

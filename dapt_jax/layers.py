@@ -16,6 +16,15 @@ from flax import linen as nn
 Array = jax.Array
 
 
+def at_least_float32(x: Array) -> Array:
+  """`x` in float32 if it is narrower (bfloat16), else unchanged.
+
+  Statistics, softmax and logits are computed in at least float32; float64 stays float64, so the
+  whole model runs in float64 under `jax.enable_x64` (the parity tests compare it so).
+  """
+  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
 def torch_linear_kernel_init(key, shape, dtype=jnp.float32):
   """PyTorch's default Linear weight init (Kaiming-uniform, a=√5): U(±1/√fan_in).
 
@@ -92,7 +101,7 @@ class TorchBatchNorm(nn.Module):
     if self.use_running_average:
       mean, var = ra_mean.value, ra_var.value
     else:
-      xf = x.astype(compute)
+      xf = at_least_float32(x)
       axes = tuple(range(x.ndim - 1))
       n = math.prod(x.shape[:-1])
       mean = jnp.mean(xf, axis=axes)
@@ -109,7 +118,7 @@ class TorchBatchNorm(nn.Module):
         ra_var.value = (1.0 - m) * ra_var.value + m * var * (n / max(n - 1, 1))
 
     inv = jax.lax.rsqrt(var + self.epsilon) * scale
-    y = (x.astype(compute) - mean) * inv + bias
+    y = (at_least_float32(x) - mean) * inv + bias
     return y.astype(x.dtype)
 
 

@@ -44,8 +44,7 @@ class ClassifierHead(nn.Module):
       f = nn.relu(f)
       f = nn.Dropout(self.dropout_rate, deterministic=not train)(f)
     logits = layers.torch_dense(self.num_classes, f.shape[-1], 'fc3', self.dtype)(f)
-    # float32 for float32/bfloat16 compute; float64 under x64 (exact parity tests).
-    return logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
+    return layers.at_least_float32(logits)
 
 
 class DAPTClassifier(nn.Module):

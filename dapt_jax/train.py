@@ -1,4 +1,4 @@
-"""Fine-tuning, evaluation and prediction entry points used by main.py.
+"""Fine-tuning and evaluation entry points used by main.py (prediction: `dapt_jax.predict`).
 
 `train_and_evaluate` reads top to bottom: model → optimizer → state → data → step functions →
 loop → eval → checkpoint.
@@ -29,7 +29,6 @@ from dapt_jax import pretrained
 from dapt_jax import reporting
 from dapt_jax import steps as steps_lib
 from dapt_jax import tasks
-from dapt_jax.data import augment
 
 log = logging.getLogger('dapt_jax')
 
@@ -79,7 +78,7 @@ def _check_workdir(config: ml_collections.ConfigDict, workdir: str) -> list[str]
 # What a run writes into its workdir; --config.overwrite=True removes all of it.
 RUN_OUTPUTS = ('checkpoints', reporting.METRICS_FILE, reporting.METRICS_FILE + '.tmp',
                'tensorboard', reporting.CURVES_FILE, CONFIG_FILE, CONFIG_FILE + '.tmp',
-               'eval_*.json', 'predictions_*.npz')
+               'eval_*.json', 'predictions_*.npz', 'classes.json', 'predictions.csv')
 
 
 def _claim_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -186,6 +185,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   Returns a summary: final and best accuracy, steps, whether it stopped early.
   """
+  config = data_lib.classes.fit_to_data(config)  # folder data: prepared, num_classes set
   _check_workdir(config, workdir)  # reads only: nothing is written before the run is set up
   log.info('Devices: %d (%s), processes: %d', jax.device_count(), jax.devices()[0].platform,
            jax.process_count())
@@ -213,6 +213,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   # Checkpoints: resume when there is one.
   _claim_workdir(config, workdir)
+  if jax.process_index() == 0 and eval_info.class_names:  # what --mode=predict labels outputs with
+    data_lib.classes.write(workdir, eval_info.class_names)
   ckpts = ckpt_lib.Checkpoints(workdir, config.checkpoint.keep)
   meta = {'epoch': 0, 'loader': loader.get_state(), 'best_value': None, 'best_epoch': -1}
   if ckpts.latest_step() is not None:
@@ -297,7 +299,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             if is_best:
               best = {'value': scalars[task.best_metric], 'epoch': epoch}
             scalars[f'best_{task.best_metric}'] = best['value']
-          writer.write('eval', step, epoch, scalars)
+          scalars['num_samples'] = last_eval.get('num_samples')  # each sample counted once
+          writer.write('eval', step, epoch, {k: v for k, v in scalars.items() if v is not None})
           log.info('epoch %d: eval %s%s', epoch, task.describe(last_eval),
                    f"; best {task.best_metric} {best['value']:.4f} (epoch {best['epoch']})"
                    if task.best_metric is not None else '')
@@ -360,6 +363,7 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   The metrics dict also carries 'split', 'votes', 'checkpoint' and 'description' (one line).
   """
+  config = data_lib.classes.fit_to_data(config)
   task = tasks.get_task(config)
   net, variables, labels = build(config, task)
   variables, origin = _variables_for_eval(config, workdir, net, variables, labels)
@@ -380,38 +384,3 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
     np.savez(os.path.join(workdir, f'predictions_{split}.npz'),
              **task.saved_predictions(outputs, host))
   return metrics
-
-
-def predict_file(config: ml_collections.ConfigDict, workdir: str, input_path: str,
-                 k: int = 5) -> list[tuple[str, float]]:
-  """--mode=predict: the top-k classes with probabilities for one cloud file."""
-  points = eval_lib.read_cloud(input_path)
-  net, variables, labels = build(config)
-  variables, _ = _variables_for_eval(config, workdir, net, variables, labels)
-  class_names = _class_names(config, workdir)
-  pts = eval_lib.fit_points(points, config.data.num_points)
-  single = net.clone(axis_name=None)
-
-  @jax.jit
-  def run(variables, pts):
-    return single.apply(variables, augment.eval_view(pts[None], config.data.num_points),
-                        train=False)[0]
-
-  logits = np.asarray(run(variables, pts))
-  return eval_lib.top_k(logits, class_names, k)
-
-
-def _class_names(config, workdir) -> list[str]:
-  """Class names without preparing the dataset when the workdir already knows them."""
-  for split in ('test', 'train'):
-    path = os.path.join(workdir or '', f'eval_{split}.json')
-    if os.path.exists(path):
-      with open(path) as f:
-        names = json.load(f).get('class_names')
-      if names:
-        return names
-  try:
-    _, info = data_lib.get_source(config.data, config.data.eval_split)
-    return list(info.class_names)
-  except data_lib.DataError:
-    return [f'class {i}' for i in range(config.model.num_classes)]

@@ -160,12 +160,14 @@ def _choice(config, path, choices, default: Any = _MISSING) -> Any:
 
 def _divisible(config, path: str, ctx: Context) -> int:
   value = _int(config, path, minimum=1)
-  if value % ctx.num_devices:
-    per = (f'{ctx.num_processes} processes x {ctx.num_devices // ctx.num_processes} devices'
-           if ctx.num_processes > 1 else f'{ctx.num_devices} devices')
-    nearest = max(ctx.num_devices, value - value % ctx.num_devices)
-    raise ConfigError(f'{_show(path, value)}: must be a multiple of the {ctx.num_devices} '
-                      f'devices the batch is split over ({per}); e.g. {nearest}')
+  n = ctx.num_devices
+  if value % n:
+    per = (f' ({ctx.num_processes} processes x {n // ctx.num_processes} devices)'
+           if ctx.num_processes > 1 else '')
+    below, above = value - value % n, value - value % n + n
+    options = f'{below} or {above}' if below else f'{above}'
+    raise ConfigError(f'{_show(path, value)}: must be a multiple of the {n} devices it is split '
+                      f'over{per}; e.g. {options}')
   return value
 
 
@@ -236,7 +238,7 @@ def _partition_rules(config, ctx: Context) -> None:
   try:
     partition.compile_rules(rules)
   except partition.PartitionError as e:
-    raise ConfigError(f'config.{errors.one_line(e)}') from None
+    raise ConfigError(f'config.partition_rules: {errors.one_line(e)}') from None
 
 
 @register('optim')

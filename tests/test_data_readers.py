@@ -427,3 +427,11 @@ def test_normalise_and_up_axis():
     clouds.rotate_up(pts, 'x')
   with pytest.raises(data.DataError, match='folder_normalize'):
     clouds.normalize(pts, 'scale')
+
+
+def test_cloud_readers_import_without_the_data_stack():
+  from tests import test_imports  # pylint: disable=g-import-not-at-top
+  r = test_imports._run(['torch', 'tensorflow_datasets', 'grain', 'array_record', 'h5py'],  # pylint: disable=protected-access
+                        'import dapt_jax.data.clouds, dapt_jax.data.folder, '
+                        'dapt_jax.data.classes; print("ok")')
+  assert r.returncode == 0 and r.stdout.strip().endswith('ok'), r.stderr[-2000:]

@@ -4,6 +4,7 @@ Measures dapt-jax against the PyTorch reference on the devices present and write
 DIR/bench.json (every record) and DIR/bench.md (the tables). See docs/benchmarks.md.
 
   --quick       batch 8, 1 warm-up + 4 timed steps, a reduced scaling set: < 10 min on 2 CPU cores
+  --loader      the input pipeline alone instead (python -m dapt_jax.bench.loader; loader.md)
   (default)     batch 32 then doubling up to --max-batch while it fits, 3 warm-up + 20 timed steps
 """
 from __future__ import annotations
@@ -80,6 +81,8 @@ def _parse(argv):
   p.add_argument('--parallel', default='shard_map', choices=('shard_map', 'pmap'))
   p.add_argument('--model', default=None,
                  help='JSON object of model config overrides, e.g. \'{"depth": 2}\' (smoke runs)')
+  p.add_argument('--loader', action='store_true',
+                 help='measure the input pipeline alone (dapt_jax.bench.loader) instead')
   p.add_argument('--one', default=None, help=argparse.SUPPRESS)  # child: one JSON spec
   args = p.parse_args(argv)
   if args.one is None:
@@ -98,6 +101,10 @@ def main(argv=None) -> None:
   args = _parse(argv if argv is not None else sys.argv[1:])
   if args.one is not None:
     _child(args.one)
+    return
+  if args.loader:
+    from dapt_jax.bench import loader  # pylint: disable=g-import-not-at-top
+    loader.main(['--out', args.out])
     return
   from dapt_jax.bench import report  # pylint: disable=g-import-not-at-top
   from dapt_jax.bench import runner  # pylint: disable=g-import-not-at-top

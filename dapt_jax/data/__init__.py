@@ -34,7 +34,8 @@ def __getattr__(name):
   # `data.augment`, `data.sources`, ... as attributes without importing them eagerly.
   import importlib  # pylint: disable=g-import-not-at-top
   if name in ('augment', 'sources', 'checks', 'builders', 'readers', 'synthetic', 'preprocess',
-              'modelnet_files', 'scanobjectnn_files'):
+              'modelnet_files', 'scanobjectnn_files', 'clouds', 'folder', 'folder_example',
+              'classes'):
     return importlib.import_module(f'dapt_jax.data.{name}')
   if name in ('ArraySource', 'PointCloudSource', 'SourceInfo'):
     return getattr(importlib.import_module('dapt_jax.data.sources'), name)

@@ -1,7 +1,8 @@
 """TFDS builders: `scan_object_nn` (objbg | objonly | hardest), `modelnet40`, `synthetic_shapes`,
-`modelnet_fewshot` (after the segmentation ones); for part segmentation `shapenet_part` and `synthetic_parts` (at the end of this file).
+`modelnet_fewshot`, `folder` (the user's own class folders); for part segmentation `shapenet_part`
+and `synthetic_parts` (at the end of this file).
 
-All three write `array_record` files and are read back through `builder.as_data_source(split)`, so
+All of them write `array_record` files and are read back through `builder.as_data_source(split)`, so
 neither building nor reading needs TensorFlow. Examples are stored in source order
 (`disable_shuffling`): index i of a split is the i-th sample of the official file or list.
 
@@ -10,11 +11,16 @@ Features: `points` float32 [P, 3] (raw bytes encoding), `label` ClassLabel with 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
+import re
+from typing import Sequence
+
 import numpy as np
 import tensorflow_datasets as tfds
 
 from dapt_jax.data import fewshot
+from dapt_jax.data import folder
 from dapt_jax.data import modelnet_files
 from dapt_jax.data import readers
 from dapt_jax.data import scanobjectnn_files
@@ -316,6 +322,62 @@ class ModelNetFewshot(_LocalBuilder):
     cfg = self.builder_config
     fold = fewshot.load_fold(cfg.path, cfg.way, cfg.shot)
     return {split: _examples(fold.points[split], fold.labels[split]) for split in fewshot.SPLITS}
+
+
+@dataclasses.dataclass
+class FolderConfig(tfds.core.BuilderConfig):
+  class_names: tuple = ()
+  points: int = 2048
+  mesh_points: int = 8192
+  min_points: int = 32
+  normalize: str = 'unit_sphere'
+  up_axis: str = 'y'
+  test_fraction: float = 0.2
+  split_seed: int = 0
+
+  def settings(self) -> folder.Settings:
+    return folder.Settings(points=self.points, mesh_points=self.mesh_points,
+                           min_points=self.min_points, normalize=self.normalize,
+                           up_axis=self.up_axis, test_fraction=self.test_fraction,
+                           split_seed=self.split_seed)
+
+
+def folder_config(root: str, class_names: Sequence[str], s: folder.Settings) -> FolderConfig:
+  """A config named by the folder (its name and a digest of its real path) and every setting, so
+  each folder and preparation has its own prepared copy."""
+  real = os.path.realpath(os.path.expanduser(root))
+  slug = re.sub(r'[^A-Za-z0-9_-]+', '_', os.path.basename(real.rstrip(os.sep)))[:40] or 'root'
+  digest = hashlib.sha256(real.encode()).hexdigest()[:10]
+  name = (f'{slug}-{digest}_p{s.points}_m{s.mesh_points}_k{s.min_points}_{s.normalize}_'
+          f'{s.up_axis}up_t{round(s.test_fraction * 1e6)}_s{s.split_seed}')
+  return FolderConfig(name=name, description=f'Clouds and meshes in class folders under {real}.',
+                      class_names=tuple(class_names), points=s.points, mesh_points=s.mesh_points,
+                      min_points=s.min_points, normalize=s.normalize, up_axis=s.up_axis,
+                      test_fraction=s.test_fraction, split_seed=s.split_seed)
+
+
+class Folder(_LocalBuilder):
+  """The user's own clouds and meshes, one per file, in class folders (`dapt_jax.data.folder`)."""
+
+  name = 'folder'
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'Surface-sampled meshes, FPS to a set count, y-up, normalised.'}
+  MANUAL_DOWNLOAD_INSTRUCTIONS = ('Set data.data_dir to a folder holding train/<class>/<files> '
+                                  '(and optionally test/ and val/).')
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(builder=self, description=self.__doc__,
+                                 features=_features(self.builder_config.class_names),
+                                 supervised_keys=('points', 'label'), disable_shuffling=True)
+
+  def _split_generators(self, dl_manager):
+    cfg = self.builder_config
+    s = cfg.settings()
+    plan = folder.plan(_manual_dir(dl_manager), s.test_fraction, s.split_seed)
+    if tuple(plan.class_names) != tuple(cfg.class_names):
+      raise DataError(f'{plan.root}: the class folders changed while preparing; run again')
+    folder.warn_ignored(plan)
+    return {split: _examples(*folder.load_split(plan, split, s)) for split in plan.splits}
 
   def _generate_examples(self, **unused):
     raise NotImplementedError

@@ -5,7 +5,7 @@ from typing import Any
 
 DATASET_NAMES = ('scan_object_nn/objbg', 'scan_object_nn/objonly', 'scan_object_nn/hardest',
                  'modelnet40', 'synthetic_shapes', 'shapenet_part', 'synthetic_parts',
-                 'modelnet_fewshot')
+                 'modelnet_fewshot', 'folder')
 
 DEFAULT_TFDS_DATA_DIR = '~/.cache/dapt_jax/tfds'
 
@@ -39,6 +39,10 @@ def default_data_config(name: str) -> Any:
     dc.data_dir = 'data/shapenetcore_partanno_segmentation_benchmark_v0_normal'  # official folder
     dc.num_points = 2048
     dc.point_all = 2400  # ignored: segmentation draws num_points with replacement per shape
+  elif name == 'folder':
+    dc.data_dir = ''  # your folder: train/<class>/<files>, optionally test/ and val/
+    dc.num_points = 1024
+    dc.point_all = 1200
   else:
     dc.data_dir = ''  # ignored: synthetic data needs no files
     dc.num_points = 1024
@@ -65,4 +69,12 @@ def default_data_config(name: str) -> Any:
   dc.pool_points = 4096
   # shapenet_part stores the official train, val and test lists as splits; the reference trains
   # on 'train+val' (configs/shapenetpart.py sets it).
+  # folder only (ignored by the other datasets):
+  dc.folder_points = 2048  # points per stored cloud (FPS down; fewer are resampled with a warning)
+  dc.folder_mesh_points = 8192  # points sampled uniformly on each mesh surface before that FPS
+  dc.folder_min_points = 32  # clouds with fewer points are refused
+  dc.folder_normalize = 'unit_sphere'  # 'unit_sphere' (centre, scale to radius 1) | 'center' | 'none'
+  dc.folder_up_axis = 'y'  # the files' up axis: 'y' (as the benchmarks) or 'z' (turned to y-up)
+  dc.folder_test_fraction = 0.2  # without a test/ folder: share of each class held out for test
+  dc.folder_split_seed = 0  # without a test/ folder: seed of that stratified split
   return dc

@@ -180,7 +180,7 @@ def write_shape(path: str, vertices: np.ndarray, triangles: np.ndarray, rng: np.
     raise ValueError(f'no writer for {ext!r}')
 
 
-def make_example(root: str, per_class_train: int = 8, per_class_test: int = 4,
+def make_example(root: str, per_class_train: int = 16, per_class_test: int = 8,
                  seed: int = 0) -> list[str]:
   """Writes root/{train,test}/{box,cone,cylinder}/<class>_<i><ext>; returns the paths.
 

@@ -142,6 +142,16 @@ def _builder_spec(dc: Any) -> tuple[Any, dict[str, Any], Optional[str], Optional
     config = builders.fewshot_config(way, shot, fold, path, names)
     fp = fingerprint_files([path], extra={'way': way, 'shot': shot, 'fold': fold})
     return builders.ModelNetFewshot, {'config': config}, data_dir, fp
+
+  if name == 'folder':
+    from dapt_jax.data import folder  # pylint: disable=g-import-not-at-top
+    s = folder.settings(dc)
+    plan = folder.plan(data_dir, s.test_fraction, s.split_seed)
+    config = builders.folder_config(data_dir, plan.class_names, s)
+    fp = fingerprint_files(plan.all_files(), extra={'settings': dataclasses.asdict(s),
+                                                    'classes': list(plan.class_names),
+                                                    'splits': list(plan.splits)})
+    return builders.Folder, {'config': config}, data_dir, fp
   if name == 'synthetic_shapes':
     config = builders.synthetic_config(
         int(dc.synthetic_num_train), int(dc.synthetic_num_test), int(dc.synthetic_points),
