@@ -4,7 +4,8 @@ from __future__ import annotations
 from typing import Any
 
 DATASET_NAMES = ('scan_object_nn/objbg', 'scan_object_nn/objonly', 'scan_object_nn/hardest',
-                 'modelnet40', 'synthetic_shapes', 'shapenet_part', 'synthetic_parts')
+                 'modelnet40', 'synthetic_shapes', 'shapenet_part', 'synthetic_parts',
+                 'shapenet55')
 
 DEFAULT_TFDS_DATA_DIR = '~/.cache/dapt_jax/tfds'
 
@@ -34,6 +35,10 @@ def default_data_config(name: str) -> Any:
     dc.data_dir = 'data/shapenetcore_partanno_segmentation_benchmark_v0_normal'  # official folder
     dc.num_points = 2048
     dc.point_all = 2400  # ignored: segmentation draws num_points with replacement per shape
+  elif name == 'shapenet55':
+    dc.data_dir = 'data/ShapeNet55-34'  # folder holding ShapeNet-55/ and shapenet_pc/
+    dc.num_points = 1024  # random subset of the stored 8,192 per cloud (pre-training)
+    dc.point_all = 8192  # ignored: pre-training draws a random subset, no FPS (SPEC §6.1)
   else:
     dc.data_dir = ''  # ignored: synthetic data needs no files
     dc.num_points = 1024
