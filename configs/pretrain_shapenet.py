@@ -66,7 +66,7 @@ def get_config(arg=None):
   c.eval.batch_size = 128
   c.eval.every_epochs = 10        # the test-split Chamfer loss (logged; selects nothing)
   c.checkpoint.every_epochs = 1
-  c.data.point_all = 0            # ignored: pre-training samples without FPS (SPEC §6.1)
+  c.data.point_all = 0            # ignored: pre-training draws a random subset, no FPS (SPEC §6.1)
   if variant == 'shapenet55':
     c.model = model_config(384, 12, 6, 64, 32, 4, 6)
     c.data.name = 'shapenet55'

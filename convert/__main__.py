@@ -7,6 +7,8 @@ import sys
 import tempfile
 from typing import Sequence
 
+import numpy as np
+
 DESCRIPTION = """\
 Convert PyTorch checkpoints to dapt-jax and back.
 
@@ -38,6 +40,16 @@ Flax → PyTorch (--to-torch). SRC_DIR is a converted checkpoint of a complete D
 training workdir (its last checkpoint is exported); the model is the one its report.json (or
 config.json) records unless --config says otherwise. DST.pth holds
 {'base_model': state_dict} in the release's key layout, which the PyTorch release loads.
+A pre-training workdir (configs/pretrain_shapenet.py) or a converted autoencoder exports in
+Point-MAE's pre-training layout instead: all 209 entries (MAE_encoder.*, MAE_decoder.*,
+decoder_pos_embed.*, increase_dim.*, mask_token, BatchNorm buffers), which Point-MAE loads
+strictly and every fine-tuning code base reads as a backbone.
+
+Pre-training checkpoints. Without --config, a Point-MAE pre-training .pth converts to the DAPT
+classifier's backbone (the decoder ignored). With a pre-training config
+(--config configs/pretrain_shapenet.py[:variant]) it converts to the whole masked autoencoder,
+strictly, to resume pre-training from it (--config.init_from) or to fine-tune on it (the
+classifier sets the decoder side aside).
 
 Errors are one line on stderr, exit status 2, and leave nothing at DST.
 """
@@ -101,13 +113,21 @@ def _to_torch(args) -> None:
   from dapt_jax import pretrained  # pylint: disable=g-import-not-at-top
   dst = os.path.abspath(args.dst)
   _check_destination(dst, args.force)
-  to_torch.import_torch()  # fail early when torch is missing
-  fields = to_torch.fields_for(args.src, args.config)
+  torch = to_torch.import_torch()  # fail early when torch is missing
+  from convert import keymap  # pylint: disable=g-import-not-at-top
   variables = pretrained.load_converted(args.src, workdir_checkpoint='last')
-  state_dict = to_torch.variables_to_torch_state_dict(variables, fields)
+  if keymap.is_mae_variables(variables):  # a pre-training run or converted Point-MAE checkpoint
+    arrays = to_torch.mae_variables_to_arrays(variables, to_torch.mae_fields_for(args.src,
+                                                                                 args.config))
+    state_dict = {k: torch.from_numpy(np.array(v)) for k, v in arrays.items()}
+    layout = "Point-MAE's pre-training layout (MAE_encoder, MAE_decoder, mask_token, ...)"
+  else:
+    fields = to_torch.fields_for(args.src, args.config)
+    state_dict = to_torch.variables_to_torch_state_dict(variables, fields)
+    layout = 'DAPT release layout'
   to_torch.write_pth(state_dict, dst, args.force)
-  print(f'wrote {dst}: {{"base_model": state dict of {len(state_dict)} tensors}} in the DAPT '
-        f'release layout (from {os.path.abspath(args.src)})')
+  print(f'wrote {dst}: {{"base_model": state dict of {len(state_dict)} tensors}} in the '
+        f'{layout} (from {os.path.abspath(args.src)})')
   if args.verbose:
     for key, value in state_dict.items():
       print(f'  {key} {tuple(value.shape)}')

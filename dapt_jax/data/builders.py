@@ -24,6 +24,7 @@ from dapt_jax.data import folder
 from dapt_jax.data import modelnet_files
 from dapt_jax.data import readers
 from dapt_jax.data import scanobjectnn_files
+from dapt_jax.data import shapenet55
 from dapt_jax.data import shapenet_part
 from dapt_jax.data import synthetic
 from dapt_jax.data import synthetic_parts
@@ -381,3 +382,49 @@ class Folder(_LocalBuilder):
 
   def _generate_examples(self, **unused):
     raise NotImplementedError
+
+
+# ----------------------------------------------------------------------------------------------
+# Pre-training: `shapenet55` (Point-BERT / Point-MAE layout, see `dapt_jax.data.shapenet55`).
+
+
+@dataclasses.dataclass
+class ShapeNet55Config(tfds.core.BuilderConfig):
+  taxonomies: tuple = ()  # the label names: taxonomy ids found in the two lists, sorted
+
+
+class ShapeNet55(_LocalBuilder):
+  """ShapeNet-55 clouds (8,192 points each in the official files) as stored, in list order;
+  label = the cloud's taxonomy. Pre-training ignores the label."""
+
+  name = 'shapenet55'
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'Point-BERT / Point-MAE lists and clouds, every point kept.'}
+  BUILDER_CONFIGS = [ShapeNet55Config(name='default', description='Taxonomies from the lists.')]
+  MANUAL_DOWNLOAD_INSTRUCTIONS = shapenet55.INSTRUCTIONS
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(
+        builder=self, description=self.__doc__,
+        features=tfds.features.FeaturesDict({
+            'points': tfds.features.Tensor(shape=(None, 3), dtype=np.float32,
+                                           encoding=tfds.features.Encoding.BYTES),
+            'label': tfds.features.ClassLabel(names=list(self.builder_config.taxonomies)),
+            'name': tfds.features.Text(),
+        }),
+        homepage='https://github.com/lulutang0608/Point-BERT', disable_shuffling=True)
+
+  def _split_generators(self, dl_manager):
+    plan = shapenet55.plan(_manual_dir(dl_manager))
+    if plan.taxonomies != tuple(self.builder_config.taxonomies):
+      raise DataError(f'{plan.root}: the split lists changed while preparing; run again')
+    return {split: shapenet55.examples(plan, split) for split in shapenet55.SPLITS}
+
+  def _generate_examples(self, **unused):
+    raise NotImplementedError
+
+
+def shapenet55_config(taxonomies) -> ShapeNet55Config:
+  """The builder config for a tree whose lists name these taxonomies."""
+  return ShapeNet55Config(name='default', description='Taxonomies from the lists.',
+                          taxonomies=tuple(taxonomies))

@@ -5,7 +5,7 @@ from typing import Any
 
 DATASET_NAMES = ('scan_object_nn/objbg', 'scan_object_nn/objonly', 'scan_object_nn/hardest',
                  'modelnet40', 'synthetic_shapes', 'shapenet_part', 'synthetic_parts',
-                 'modelnet_fewshot', 'folder')
+                 'modelnet_fewshot', 'folder', 'shapenet55')
 
 DEFAULT_TFDS_DATA_DIR = '~/.cache/dapt_jax/tfds'
 
@@ -43,6 +43,10 @@ def default_data_config(name: str) -> Any:
     dc.data_dir = ''  # your folder: train/<class>/<files>, optionally test/ and val/
     dc.num_points = 1024
     dc.point_all = 1200
+  elif name == 'shapenet55':
+    dc.data_dir = 'data/ShapeNet55-34'  # folder holding ShapeNet-55/ and shapenet_pc/
+    dc.num_points = 1024  # random subset of the stored 8,192 per cloud (pre-training)
+    dc.point_all = 8192  # ignored: pre-training draws a random subset, no FPS (SPEC §6.1)
   else:
     dc.data_dir = ''  # ignored: synthetic data needs no files
     dc.num_points = 1024

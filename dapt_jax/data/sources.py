@@ -128,6 +128,11 @@ def _builder_spec(dc: Any) -> tuple[Any, dict[str, Any], Optional[str], Optional
     from dapt_jax.data import shapenet_part  # pylint: disable=g-import-not-at-top
     plan = shapenet_part.plan(data_dir)
     return builders.ShapeNetPart, {}, data_dir, fingerprint_files(plan.all_files())
+  if name == 'shapenet55':
+    from dapt_jax.data import shapenet55  # pylint: disable=g-import-not-at-top
+    plan = shapenet55.plan(data_dir)
+    return (builders.ShapeNet55, {'config': builders.shapenet55_config(plan.taxonomies)},
+            data_dir, fingerprint_files(plan.all_files()))
   if name == 'synthetic_parts':
     config = builders.synthetic_parts_config(
         int(dc.synthetic_num_train), int(dc.synthetic_num_test), int(dc.synthetic_points),
