@@ -425,6 +425,9 @@ class ShapeNet55(_LocalBuilder):
 
 
 def shapenet55_config(taxonomies) -> ShapeNet55Config:
-  """The builder config for a tree whose lists name these taxonomies."""
-  return ShapeNet55Config(name='default', description='Taxonomies from the lists.',
-                          taxonomies=tuple(taxonomies))
+  """The builder config for a tree whose lists name these taxonomies (named after them, so a
+  tree with other taxonomies gets its own prepared copy)."""
+  import hashlib  # pylint: disable=g-import-not-at-top
+  digest = hashlib.sha256(' '.join(taxonomies).encode()).hexdigest()[:10]
+  return ShapeNet55Config(name=f'tax{len(taxonomies)}_{digest}',
+                          description='Taxonomies from the lists.', taxonomies=tuple(taxonomies))
