@@ -307,8 +307,8 @@ def _workdir(config, ctx: Context) -> None:
     root = os.path.join(ctx.workdir or '', 'checkpoints')
     if not (ctx.workdir and os.path.isdir(os.path.join(root, 'last'))
             and os.path.isdir(os.path.join(root, 'frozen'))):
-      raise ConfigError(f'nothing to {ctx.mode}: --workdir={ctx.workdir} holds no trained run and '
-                        'no --config.init_from was given')
+      where = f'--workdir={ctx.workdir} holds no trained run' if ctx.workdir else 'no --workdir'
+      raise ConfigError(f'nothing to {ctx.mode}: {where} and no --config.init_from was given')
   if ctx.mode in ('predict', 'summary') or ctx.workdir is None:
     return
   workdir_lib.check_writable(ctx.workdir)
