@@ -13,6 +13,8 @@ from typing import Any, Iterable, Mapping, Sequence, Tuple
 
 from flax import traverse_util
 
+from dapt_jax import errors
+
 TRAINABLE = 'trainable'
 FROZEN = 'frozen'
 LABELS = (TRAINABLE, FROZEN)
@@ -34,8 +36,38 @@ LINEAR_PROBE_RULES: Rules = ((r'^head/', TRAINABLE), (r'.*', FROZEN))
 
 PRESETS = {'dapt': DAPT_RULES, 'full': FULL_FINETUNE_RULES, 'linear': LINEAR_PROBE_RULES}
 
+# Each PEFT method's trainable set (config.model.peft; SPEC §9). The releases of Point-MAE, IDPT
+# and PointGST train the names containing `cls` (class token, its position, the head, and IDPT's
+# prompt module and VPT's prompts, all named `cls*` there) plus, for PointGST, `adapt`.
+_CLS_AND_HEAD: Rules = ((r'^cls_(token|pos)$', TRAINABLE), (r'^head/', TRAINABLE))
+METHOD_RULES: dict[str, Rules] = {
+    'dapt': DAPT_RULES,
+    'full': FULL_FINETUNE_RULES,
+    'linear': _CLS_AND_HEAD + ((r'.*', FROZEN),),
+    'vpt_deep': _CLS_AND_HEAD + ((r'^vpt/', TRAINABLE), (r'.*', FROZEN)),
+    # IDPT's prompt position is never trained by its release (its name lacks `cls`).
+    'idpt': ((r'^idpt/prompt_pos$', FROZEN),) + _CLS_AND_HEAD + ((r'^idpt/', TRAINABLE),
+                                                                 (r'.*', FROZEN)),
+    'pointgst': _CLS_AND_HEAD + ((r'/pcsa/', TRAINABLE), (r'.*', FROZEN)),
+    'lora': _CLS_AND_HEAD + ((r'/lora_[ab]$', TRAINABLE), (r'.*', FROZEN)),
+    'adapter': _CLS_AND_HEAD + ((r'/adapter[12]/', TRAINABLE), (r'.*', FROZEN)),
+}
 
-class PartitionError(ValueError):
+
+def rules_for(config: Any) -> Rules:
+  """A run's rules: `config.partition_rules` when set, else those of `config.model.peft`."""
+  rules = config.get('partition_rules') if hasattr(config, 'get') else None
+  if rules is not None:
+    return rules
+  model = config.get('model') if hasattr(config, 'get') else None
+  method = (model.get('peft', 'dapt') if model is not None and hasattr(model, 'get') else 'dapt')
+  if method not in METHOD_RULES:
+    raise PartitionError(f'model.peft={method!r}: no partition rules; choose one of '
+                         f'{", ".join(METHOD_RULES)}')
+  return METHOD_RULES[method]
+
+
+class PartitionError(errors.UserError, ValueError):
   """A parameter matched no rule, or a rule is malformed; the message names it."""
 
 
@@ -131,4 +163,57 @@ def format_counts(counts: Mapping[str, Mapping[str, int]]) -> str:
   t = counts['total']
   pct = 100.0 * t[TRAINABLE] / max(t['total'], 1)
   lines.append(f"{'total':<14}{t[TRAINABLE]:>12,}{t['total']:>13,}  ({pct:.2f} % trainable)")
+  return '\n'.join(lines)
+
+
+# Leaf names of layers; a parameter with another name (cls_token, a prompt) is its own row.
+_LAYER_LEAVES = frozenset({'kernel', 'bias', 'scale', 'gamma', 'beta', 'lora_a', 'lora_b'})
+_NUMBERED = re.compile(r'(?<=_)\d+(?=/|$)')   # blocks_3/..., prompt_pos_3 → *
+
+
+def rule_rows(params: Mapping[str, Any], rules: Rules) -> list[dict[str, Any]]:
+  """Per module and matching rule: trainable and total counts, for a parameter table.
+
+  A row's module is a layer (a leaf's parent path) or a bare parameter (its own path), with
+  numbered copies folded into one row (`blocks_3/attn/qkv` → `blocks_*/attn/qkv`, `copies` 12).
+  Rows are in parameter order; each holds 'module', 'copies', 'rule' (its index), 'pattern',
+  'label', 'trainable' and 'total'.
+  """
+  compiled = compile_rules(rules)
+  rows: dict[tuple[str, int], dict[str, Any]] = collections.OrderedDict()
+  for path, leaf in flatten(params).items():
+    index = next((i for i, (pattern, _) in enumerate(compiled) if pattern.search(path)), None)
+    if index is None:
+      raise PartitionError(f'parameter {path!r} matches no partition rule; add a rule for it')
+    parent, _, name = path.rpartition('/')
+    module = parent if parent and name in _LAYER_LEAVES else path
+    row = rows.setdefault((_NUMBERED.sub('*', module), index), {
+        'module': _NUMBERED.sub('*', module), 'copies': set(), 'rule': index,
+        'pattern': compiled[index][0].pattern, 'label': compiled[index][1], TRAINABLE: 0,
+        'total': 0})
+    row['copies'].add(module)
+    size = int(math.prod(leaf.shape))
+    row['total'] += size
+    if compiled[index][1] == TRAINABLE:
+      row[TRAINABLE] += size
+  out = list(rows.values())
+  for row in out:
+    row['copies'] = len(row['copies'])
+  return out
+
+
+def format_rule_table(rows: Sequence[Mapping[str, Any]]) -> str:
+  """The table `rule_rows` describes, with a total line."""
+  name = lambda r: r['module'] + (f" (x{r['copies']})" if r['copies'] > 1 else '')
+  rule = lambda r: f"#{r['rule']} {r['pattern']!r} → {r['label']}"
+  w_mod = max([len('module')] + [len(name(r)) for r in rows])
+  w_rule = max([len('rule')] + [len(rule(r)) for r in rows])
+  lines = [f"{'module':<{w_mod}}  {'rule':<{w_rule}}  {'trainable':>12}  {'total':>12}"]
+  for r in rows:
+    lines.append(f"{name(r):<{w_mod}}  {rule(r):<{w_rule}}  {r[TRAINABLE]:>12,}  {r['total']:>12,}")
+  trainable = sum(r[TRAINABLE] for r in rows)
+  total = sum(r['total'] for r in rows)
+  pct = 100.0 * trainable / max(total, 1)
+  lines.append(f"{'total':<{w_mod}}  {'':<{w_rule}}  {trainable:>12,}  {total:>12,}  "
+               f'({pct:.2f} % trainable)')
   return '\n'.join(lines)

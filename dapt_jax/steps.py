@@ -18,13 +18,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from dapt_jax import optim
 from dapt_jax import partition
-from dapt_jax.data import augment
 
 AXIS = 'batch'
+
+
+def sample_keys(key: jax.Array, local_batch: int) -> jax.Array:
+  """One key per sample, from its index in the global batch (device-count independent)."""
+  offset = jax.lax.axis_index(AXIS) * local_batch
+  return jax.vmap(lambda i: jax.random.fold_in(key, i))(offset + jnp.arange(local_batch))
 
 
 @flax.struct.dataclass
@@ -55,69 +61,38 @@ def create_state(variables: dict, labels: Any, tx: optax.GradientTransformation,
                     opt_state=tx.init(variables['params']), rng=rng)
 
 
-def _sample_keys(key: jax.Array, local_batch: int) -> jax.Array:
-  """One key per sample, from its index in the global batch (device-count independent)."""
-  offset = jax.lax.axis_index(AXIS) * local_batch
-  return jax.vmap(lambda i: jax.random.fold_in(key, i))(offset + jnp.arange(local_batch))
-
-
-def _train_views(key, points, num_points, point_all, skip_full_fps=False):
-  keys = _sample_keys(key, points.shape[0])
-  return augment.train_views_per_sample(keys, points, num_points, point_all, skip_full_fps)
-
-
-def train_step(state: TrainState, batch: dict, *, net: Any, tx: optax.GradientTransformation,
-               num_points: int, point_all: int, skip_full_fps: bool = False
-               ) -> tuple[TrainState, dict]:
+def train_step(state: TrainState, batch: dict, *, task: Any, net: Any,
+               tx: optax.GradientTransformation) -> tuple[TrainState, dict]:
   """One optimizer step on one device's share of the global batch.
 
-  batch: {'points': [b, P, 3] float32, 'label': [b] int32} (b = global batch / devices).
-  Returns the new state and metrics averaged over the global batch.
+  batch: the task's fields, [b, ...] each (b = global batch / devices). The task computes the
+  loss (and its augmentation) from the step key; gradients and metrics are averaged over the
+  global batch. Returns the new state and metrics ('loss', the task's, 'grad_norm').
   """
   step_key = jax.random.fold_in(state.rng, state.step)
-  aug_key, drop_key = jax.random.split(step_key)
-  points = _train_views(aug_key, batch['points'], num_points, point_all, skip_full_fps)
-  drop_key = jax.random.fold_in(drop_key, jax.lax.axis_index(AXIS))
-  labels = batch['label']
 
   def loss_fn(trainable):
     variables = {'params': partition.merge(trainable, state.frozen),
                  'batch_stats': state.batch_stats}
-    logits, updates = net.apply(variables, points, train=True, rngs={'dropout': drop_key},
-                                mutable=['batch_stats'])
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-    return loss, (logits, updates['batch_stats'])
+    return task.train_loss(net, variables, batch, step_key)
 
-  (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+  (loss, (task_metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       state.trainable)
   grads = jax.lax.pmean(grads, AXIS)
   trainable, opt_state = optim.apply_trainable_gradients(
       tx, state.opt_state, state.trainable, state.frozen, grads)
-  metrics = {
-      'loss': jax.lax.pmean(loss, AXIS),
-      'accuracy': jax.lax.pmean(jnp.mean(jnp.argmax(logits, -1) == labels), AXIS),
-      'grad_norm': optax.tree.norm(grads),
-  }
+  metrics = {'loss': jax.lax.pmean(loss, AXIS)}
+  metrics.update({k: jax.lax.pmean(v, AXIS) for k, v in task_metrics.items()})
+  metrics['grad_norm'] = optax.tree.norm(grads)
   new_state = state.replace(step=state.step + 1, trainable=trainable, batch_stats=batch_stats,
                             opt_state=opt_state)
   return new_state, metrics
 
 
-def eval_step(state: TrainState, batch: dict, *, net: Any, num_points: int, point_all: int,
-              votes: int = 1) -> jax.Array:
-  """Logits [b, classes] for one device's share of an evaluation batch.
-
-  votes == 1: deterministic FPS to `num_points`. votes > 1: the logits of `votes` random views
-  (subset + scale/translate, keyed by the sample's position and a fixed seed) averaged.
-  """
+def eval_step(state: TrainState, batch: dict, *, task: Any, net: Any) -> dict:
+  """The task's per-sample outputs {name: [b, ...]} for one device's share of a batch."""
   variables = {'params': state.params, 'batch_stats': state.batch_stats}
-  apply = lambda pts: net.apply(variables, pts, train=False)
-  if votes <= 1:
-    return apply(augment.eval_view(batch['points'], num_points))
-  keys = _sample_keys(jax.random.PRNGKey(0), batch['points'].shape[0])
-  views = augment.vote_views_per_sample(keys, batch['points'], num_points, point_all, votes)
-  logits = jax.lax.map(apply, views)                      # [votes, b, classes]
-  return jnp.mean(logits, axis=0)
+  return task.eval_outputs(net, variables, batch)
 
 
 def _local_copy(x: Any) -> np.ndarray:
@@ -181,12 +156,14 @@ class DataParallel:
     return jax.tree.map(_local_copy, metrics)
 
   def gather(self, x: Any) -> np.ndarray:
-    """Per-device outputs (sharded along the batch) → host array in global batch order."""
-    if self.mode == 'pmap':
-      x = np.asarray(jax.device_get(x))
-      return x.reshape((-1,) + x.shape[2:])
-    return np.asarray(jax.experimental.multihost_utils.process_allgather(x, tiled=True)
-                      if jax.process_count() > 1 else x)
+    """Per-device outputs (sharded along the batch), or this host's numpy part of a batch, →
+    the host array of the whole global batch, in global batch order, on every host."""
+    if self.mode == 'pmap' and not isinstance(x, np.ndarray):
+      x = np.asarray(jax.device_get(x))  # this host's devices only: [local devices, b, ...]
+      x = x.reshape((-1,) + x.shape[2:])
+    if jax.process_count() > 1:  # host p holds the p-th contiguous part of the global batch
+      x = multihost_utils.process_allgather(x, tiled=True)
+    return np.asarray(x)
 
   # -- wrapping steps -------------------------------------------------------------------------
 
@@ -214,12 +191,22 @@ class DataParallel:
                                  out_specs=P(AXIS), check_vma=False))
 
 
+def make_task_steps(parallel: DataParallel, task: Any, net: Any,
+                    tx: optax.GradientTransformation):
+  """The wrapped (train_step, eval_step) of a task (`dapt_jax.tasks`)."""
+  train = parallel.wrap_train(functools.partial(train_step, task=task, net=net, tx=tx))
+  evaluate = parallel.wrap_eval(functools.partial(eval_step, task=task, net=net))
+  return train, evaluate
+
+
 def make_steps(parallel: DataParallel, net: Any, tx: optax.GradientTransformation,
                num_points: int, point_all: int, votes: int = 1, skip_full_fps: bool = False):
-  """The wrapped (train_step, eval_step) for this model, optimizer and data setting."""
-  train = parallel.wrap_train(functools.partial(
-      train_step, net=net, tx=tx, num_points=num_points, point_all=point_all,
-      skip_full_fps=skip_full_fps))
-  evaluate = parallel.wrap_eval(functools.partial(
-      eval_step, net=net, num_points=num_points, point_all=point_all, votes=votes))
+  """Classification's wrapped (train_step, eval_step) from explicit view settings (benchmarks,
+  tests); the eval step returns logits [b, classes]."""
+  from dapt_jax.tasks import classification  # pylint: disable=g-import-not-at-top
+  task = classification.ClassificationTask(
+      None, views=classification.Views(num_points, point_all, votes, skip_full_fps))
+  train = parallel.wrap_train(functools.partial(train_step, task=task, net=net, tx=tx))
+  evaluate = parallel.wrap_eval(lambda state, batch: eval_step(state, batch, task=task,
+                                                               net=net)['logits'])
   return train, evaluate

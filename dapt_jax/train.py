@@ -1,4 +1,4 @@
-"""Fine-tuning, evaluation and prediction entry points used by main.py.
+"""Fine-tuning and evaluation entry points used by main.py (prediction: `dapt_jax.predict`).
 
 `train_and_evaluate` reads top to bottom: model → optimizer → state → data → step functions →
 loop → eval → checkpoint.
@@ -20,6 +20,7 @@ import numpy as np
 
 from dapt_jax import checkpoints as ckpt_lib
 from dapt_jax import data as data_lib
+from dapt_jax import errors
 from dapt_jax import evaluate as eval_lib
 from dapt_jax import model as model_lib
 from dapt_jax import optim
@@ -27,7 +28,7 @@ from dapt_jax import partition
 from dapt_jax import pretrained
 from dapt_jax import reporting
 from dapt_jax import steps as steps_lib
-from dapt_jax.data import augment
+from dapt_jax import tasks
 
 log = logging.getLogger('dapt_jax')
 
@@ -37,7 +38,7 @@ RESUMABLE_FIELDS = ('overwrite', 'max_steps', 'progress_bar', 'eval', 'log_every
                     'init_from', 'checkpoint')
 
 
-class TrainingError(RuntimeError):
+class TrainingError(errors.UserError, RuntimeError):
   """A run that cannot start or go on; the message is one line for the user."""
 
 
@@ -49,29 +50,56 @@ def _config_dict(config: ml_collections.ConfigDict) -> dict:
   return json.loads(config.to_json_best_effort())
 
 
-def _check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Refuses a workdir holding a run of a different config, unless config.overwrite."""
+def _check_workdir(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
+  """Refuses a workdir holding a run of a different config, unless config.overwrite.
+
+  Reads only. Returns the fields that differ ([] for a new workdir or the same run).
+  """
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    return []
+  try:
+    with open(path) as f:
+      previous = json.load(f)
+  except (OSError, ValueError) as e:
+    raise TrainingError(f'{path}: unreadable ({errors.one_line(e)}); use another --workdir, or '
+                        '--config.overwrite=True to replace the run in it') from None
+  current = _config_dict(config)
+  strip = lambda d: {k: v for k, v in d.items() if k not in RESUMABLE_FIELDS}
+  diff = sorted(k for k in set(strip(previous)) | set(strip(current))
+                if strip(previous).get(k) != strip(current).get(k))
+  if diff and not config.overwrite:
+    raise TrainingError(
+        f'{workdir} holds a run of a different config (differs in: {", ".join(diff)}); '
+        'use another --workdir, or --config.overwrite=True to replace it')
+  return diff
+
+
+# What a run writes into its workdir; --config.overwrite=True removes all of it.
+RUN_OUTPUTS = ('checkpoints', reporting.METRICS_FILE, reporting.METRICS_FILE + '.tmp',
+               'tensorboard', reporting.CURVES_FILE, CONFIG_FILE, CONFIG_FILE + '.tmp',
+               'eval_*.json', 'predictions_*.npz', 'classes.json', 'predictions.csv')
+
+
+def _claim_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Writes config.json, after replacing a different run's outputs (config.overwrite).
+
+  Called once the model, data and state are ready, so a run refused before leaves the workdir
+  as it found it.
+  """
+  diff = _check_workdir(config, workdir)
+  if diff and jax.process_index() == 0:
+    import glob  # pylint: disable=g-import-not-at-top
+    log.warning('Replacing the run in %s (config differs in: %s)', workdir, ', '.join(diff))
+    for pattern in RUN_OUTPUTS:
+      for target in glob.glob(os.path.join(glob.escape(workdir), pattern)):
+        if os.path.isdir(target):
+          shutil.rmtree(target)
+        else:
+          os.remove(target)
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, CONFIG_FILE)
   current = _config_dict(config)
-  if os.path.exists(path):
-    with open(path) as f:
-      previous = json.load(f)
-    strip = lambda d: {k: v for k, v in d.items() if k not in RESUMABLE_FIELDS}
-    if strip(previous) != strip(current):
-      diff = sorted(k for k in set(strip(previous)) | set(strip(current))
-                    if strip(previous).get(k) != strip(current).get(k))
-      if not config.overwrite:
-        raise TrainingError(
-            f'{workdir} holds a run of a different config (differs in: {", ".join(diff)}); '
-            'use another --workdir, or --config.overwrite=True to replace it')
-      log.warning('Replacing the run in %s (config differs in: %s)', workdir, ', '.join(diff))
-      for name in ('checkpoints', reporting.METRICS_FILE, 'tensorboard', reporting.CURVES_FILE):
-        target = os.path.join(workdir, name)
-        if os.path.isdir(target):
-          shutil.rmtree(target)
-        elif os.path.exists(target):
-          os.remove(target)
   if jax.process_index() == 0:
     tmp = path + '.tmp'
     with open(tmp, 'w') as f:
@@ -79,12 +107,12 @@ def _check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
     os.replace(tmp, path)
 
 
-def build(config: ml_collections.ConfigDict, num_points: Optional[int] = None):
-  """(net with the device axis, initial variables, labels) for a config."""
-  net = model_lib.build_model(config.model, axis_name=steps_lib.AXIS)
-  num_points = num_points or config.data.num_points
+def build(config: ml_collections.ConfigDict, task: Optional[tasks.Task] = None):
+  """(net with the device axis, initial variables, labels) for a config's task."""
+  task = task or tasks.get_task(config)
+  net = task.build_model(axis_name=steps_lib.AXIS)
   key = jax.random.PRNGKey(config.seed)
-  variables = model_lib.init_variables(net.clone(axis_name=None), key, num_points)
+  variables = task.init_variables(net.clone(axis_name=None), key)
   variables = jax.tree.map(np.asarray, variables)
   if config.init_from:
     loaded = pretrained.load_converted(config.init_from)
@@ -92,7 +120,7 @@ def build(config: ml_collections.ConfigDict, num_points: Optional[int] = None):
     fresh = report.get('freshly_initialised', [])
     log.info('Loaded %d tensors from %s; %d freshly initialised%s', len(report['loaded']),
              config.init_from, len(fresh), f" ({', '.join(fresh[:6])}{', ...' if len(fresh) > 6 else ''})" if fresh else '')
-  labels = partition.label_params(variables['params'], config.partition_rules)
+  labels = partition.label_params(variables['params'], partition.rules_for(config))
   return net, variables, labels
 
 
@@ -107,27 +135,15 @@ def _log_counts(variables, labels, config) -> dict:
   return counts['total']
 
 
-def _sources(config):
-  dc = config.data
-  train_source, train_info = data_lib.get_source(dc, dc.train_split)
-  eval_source, eval_info = data_lib.get_source(dc, dc.eval_split)
-  if train_info.num_classes != config.model.num_classes:
-    raise TrainingError(f'config.model.num_classes={config.model.num_classes} but dataset '
-                        f'{dc.name} has {train_info.num_classes} classes')
-  if train_info.points_per_cloud < dc.num_points:
-    raise TrainingError(f'config.data.num_points={dc.num_points} exceeds the '
-                        f'{train_info.points_per_cloud} points per stored cloud of {dc.name}')
-  return train_source, train_info, eval_source, eval_info
-
-
-def _run_eval(parallel, eval_fn, state_dev, source, info, config) -> tuple[dict, np.ndarray,
-                                                                           np.ndarray]:
+def _run_eval(parallel, eval_fn, state_dev, source, info, config, task
+              ) -> tuple[dict, dict, dict]:
+  """(metrics, per-sample outputs, host fields) over every sample of `source` exactly once."""
   batches = data_lib.EvalLoader(source, config.eval.batch_size, jax.process_index(),
                                 jax.process_count())
   run = lambda b: eval_fn(state_dev, b)
-  logits, labels = eval_lib.collect(run, parallel.put_batch, parallel.gather, batches)
-  metrics = eval_lib.classification_metrics(logits, labels, info.num_classes, info.class_names)
-  return metrics, logits, labels
+  outputs, host = eval_lib.collect_outputs(run, parallel.put_batch, parallel.gather, batches,
+                                           task.device_fields)
+  return task.eval_metrics(outputs, host, info), outputs, host
 
 
 class _Preemption:
@@ -169,18 +185,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   Returns a summary: final and best accuracy, steps, whether it stopped early.
   """
-  _check_workdir(config, workdir)
+  config = data_lib.classes.fit_to_data(config)  # folder data: prepared, num_classes set
+  _check_workdir(config, workdir)  # reads only: nothing is written before the run is set up
   log.info('Devices: %d (%s), processes: %d', jax.device_count(), jax.devices()[0].platform,
            jax.process_count())
+  task = tasks.get_task(config)
 
   # Model and parameters.
-  net, variables, labels = build(config)
+  net, variables, labels = build(config, task)
   totals = _log_counts(variables, labels, config)
 
   # Data (prepared on first use; clear errors for missing or bad files).
-  train_source, train_info, eval_source, eval_info = _sources(config)
+  train_source, eval_source, eval_info = task.sources()
   loader = data_lib.TrainLoader(train_source, config.batch_size, config.seed,
-                                jax.process_index(), jax.process_count())
+                                jax.process_index(), jax.process_count(),
+                                shuffle=config.data.shuffle)
   steps_per_epoch = loader.steps_per_epoch
   log.info('Data %s: %d train / %d %s samples, %d steps per epoch of %d', config.data.name,
            len(train_source), len(eval_source), config.data.eval_split, steps_per_epoch,
@@ -193,10 +212,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   state = jax.tree.map(np.asarray, state)
 
   # Checkpoints: resume when there is one.
+  _claim_workdir(config, workdir)
+  if jax.process_index() == 0 and eval_info.class_names:  # what --mode=predict labels outputs with
+    data_lib.classes.write(workdir, eval_info.class_names)
   ckpts = ckpt_lib.Checkpoints(workdir, config.checkpoint.keep)
-  meta = {'epoch': 0, 'loader': loader.get_state(), 'best_accuracy': -1.0, 'best_epoch': -1}
+  meta = {'epoch': 0, 'loader': loader.get_state(), 'best_value': None, 'best_epoch': -1}
   if ckpts.latest_step() is not None:
     state, meta = ckpts.restore(state, 'last')
+    if 'best_value' not in meta:  # written before tasks named their best metric
+      meta['best_value'] = meta.get('best_accuracy') if meta.get('best_epoch', -1) >= 0 else None
     state = state.replace(frozen=ckpts.restore_frozen(state.frozen))
     loader.set_state(meta['loader'])
     log.info('Resumed from step %d (epoch %d, batch %d)', int(state.step), meta['loader']['epoch'],
@@ -206,23 +230,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   # Step functions.
   parallel = steps_lib.DataParallel(config.parallel, config.batch_size)
-  train_step, eval_step = steps_lib.make_steps(parallel, net, tx, config.data.num_points,
-                                               config.data.point_all, votes=1,
-                                               skip_full_fps=config.data.skip_full_fps)
+  train_step, eval_step = steps_lib.make_task_steps(parallel, task, net, tx)
   state_dev = parallel.put_state(state)
-  writer = reporting.MetricWriter(workdir)
+  writer = reporting.MetricWriter(workdir, resume_step=int(state.step))
 
   last_epoch = config.num_epochs  # the release runs epochs 0..num_epochs inclusive
   total_steps = (last_epoch + 1) * steps_per_epoch
   step = int(state.step)
-  best = {'accuracy': meta['best_accuracy'], 'epoch': meta['best_epoch']}
+  best = {'value': meta['best_value'], 'epoch': meta['best_epoch']}
   last_eval: dict = {}
   stopped = None
 
   def save(epoch_done: bool, is_best: bool = False):
     host_state = parallel.get_state(state_dev)
     m = {'epoch': loader.get_state()['epoch'], 'loader': loader.get_state(),
-         'best_accuracy': best['accuracy'], 'best_epoch': best['epoch'],
+         'best_value': best['value'], 'best_epoch': best['epoch'],
          'epoch_done': epoch_done}
     ckpts.save(host_state, m, best=is_best)
 
@@ -270,17 +292,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         is_best = False
         if epoch > 0 and (epoch % config.eval.every_epochs == 0 or epoch == last_epoch):
           last_eval, _, _ = _run_eval(parallel, eval_step, state_dev, eval_source, eval_info,
-                                      config)
-          is_best = last_eval['accuracy'] > best['accuracy']
-          if is_best:
-            best = {'accuracy': last_eval['accuracy'], 'epoch': epoch}
-          writer.write('eval', step, epoch, {
-              'accuracy': last_eval['accuracy'],
-              'mean_class_accuracy': last_eval['mean_class_accuracy'],
-              'best_accuracy': best['accuracy']})
-          log.info('epoch %d: eval accuracy %.2f %% (mean class %.2f %%), best %.2f %% '
-                   '(epoch %d)', epoch, 100 * last_eval['accuracy'],
-                   100 * last_eval['mean_class_accuracy'], 100 * best['accuracy'], best['epoch'])
+                                      config, task)
+          scalars = task.scalars(last_eval)
+          if task.best_metric is not None:
+            is_best = task.is_better(scalars[task.best_metric], best['value'])
+            if is_best:
+              best = {'value': scalars[task.best_metric], 'epoch': epoch}
+            scalars[f'best_{task.best_metric}'] = best['value']
+          scalars['num_samples'] = last_eval.get('num_samples')  # each sample counted once
+          writer.write('eval', step, epoch, {k: v for k, v in scalars.items() if v is not None})
+          log.info('epoch %d: eval %s%s', epoch, task.describe(last_eval),
+                   f"; best {task.best_metric} {best['value']:.4f} (epoch {best['epoch']})"
+                   if task.best_metric is not None else '')
         if (epoch % config.checkpoint.every_epochs == 0 or epoch == last_epoch or is_best):
           save(epoch_done=True, is_best=is_best)
         epoch += 1
@@ -291,15 +314,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     ckpts.close()
 
   curves = reporting.plot_curves(workdir) if jax.process_index() == 0 else None
+  final = task.scalars(last_eval) if last_eval else {}
   summary = {
       'steps': step, 'stopped': stopped or 'finished',
-      'final_accuracy': last_eval.get('accuracy'),
-      'final_mean_class_accuracy': last_eval.get('mean_class_accuracy'),
-      'best_accuracy': best['accuracy'] if best['accuracy'] >= 0 else None,
+      'final_metrics': final or None,
+      'final_description': task.describe(last_eval) if last_eval else None,
+      'best_metric': task.best_metric, 'best_value': best['value'],
       'best_epoch': best['epoch'] if best['epoch'] >= 0 else None,
       'trainable_parameters': totals['trainable'], 'total_parameters': totals['total'],
       'curves': curves,
   }
+  # Flat names too (final_accuracy, best_accuracy, ...), for scripts reading the summary.
+  summary.update({f'final_{k}': v for k, v in final.items()})
+  if task.best_metric is not None:
+    summary[f'best_{task.best_metric}'] = best['value']
   return summary
 
 
@@ -314,11 +342,16 @@ def _variables_for_eval(config, workdir, net, variables, labels):
   if workdir and ckpt_lib.is_workdir(workdir):
     try:
       loaded, step = ckpt_lib.workdir_variables(workdir, 'best')
+      which, _ = ckpt_lib.find_checkpoint(workdir, 'best')
     except ckpt_lib.CheckpointError:
       loaded = None
     if loaded is not None:
       variables, _ = pretrained.merge_pretrained(variables, loaded)
-      return variables, f'{workdir} (step {step})'
+      if which == 'best':
+        return variables, f'{workdir} (best checkpoint, step {step})'
+      log.warning('%s has no best checkpoint (no evaluation saved one yet): evaluating its last '
+                  'checkpoint, step %d.', workdir, step)
+      return variables, f'{workdir} (no best checkpoint: the last one, step {step})'
   if config.init_from:
     return variables, config.init_from
   raise TrainingError(f'nothing to evaluate: {workdir} has no checkpoint and no '
@@ -326,58 +359,28 @@ def _variables_for_eval(config, workdir, net, variables, labels):
 
 
 def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """--mode=eval: writes eval_<split>.json and predictions_<split>.npz into the workdir."""
-  net, variables, labels = build(config)
+  """--mode=eval: writes eval_<split>.json and predictions_<split>.npz into the workdir.
+
+  The metrics dict also carries 'split', 'votes', 'checkpoint' and 'description' (one line).
+  """
+  config = data_lib.classes.fit_to_data(config)
+  task = tasks.get_task(config)
+  net, variables, labels = build(config, task)
   variables, origin = _variables_for_eval(config, workdir, net, variables, labels)
   split = config.eval.split
   source, info = data_lib.get_source(config.data, split)
   parallel = steps_lib.DataParallel(config.parallel, config.eval.batch_size)
   tx = optim.make_optimizer(config.optim, labels, lambda s: 0.0)
   state = steps_lib.create_state(variables, labels, tx, jax.random.PRNGKey(0))
-  _, eval_step = steps_lib.make_steps(parallel, net, tx, config.data.num_points,
-                                      config.data.point_all, votes=config.eval.votes)
+  _, eval_step = steps_lib.make_task_steps(parallel, task, net, tx)
   state_dev = parallel.put_state(state)
-  metrics, logits, labels_ = _run_eval(parallel, eval_step, state_dev, source, info, config)
+  metrics, outputs, host = _run_eval(parallel, eval_step, state_dev, source, info, config, task)
   metrics.update(split=split, votes=int(config.eval.votes), checkpoint=origin,
-                 class_names=list(info.class_names))
+                 class_names=list(info.class_names), description=task.describe(metrics))
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, f'eval_{split}.json'), 'w') as f:
       json.dump(metrics, f, indent=2)
-    np.savez(os.path.join(workdir, f'predictions_{split}.npz'), logits=logits, labels=labels_)
+    np.savez(os.path.join(workdir, f'predictions_{split}.npz'),
+             **task.saved_predictions(outputs, host))
   return metrics
-
-
-def predict_file(config: ml_collections.ConfigDict, workdir: str, input_path: str,
-                 k: int = 5) -> list[tuple[str, float]]:
-  """--mode=predict: the top-k classes with probabilities for one cloud file."""
-  points = eval_lib.read_cloud(input_path)
-  net, variables, labels = build(config)
-  variables, _ = _variables_for_eval(config, workdir, net, variables, labels)
-  class_names = _class_names(config, workdir)
-  pts = eval_lib.fit_points(points, config.data.num_points)
-  single = net.clone(axis_name=None)
-
-  @jax.jit
-  def run(variables, pts):
-    return single.apply(variables, augment.eval_view(pts[None], config.data.num_points),
-                        train=False)[0]
-
-  logits = np.asarray(run(variables, pts))
-  return eval_lib.top_k(logits, class_names, k)
-
-
-def _class_names(config, workdir) -> list[str]:
-  """Class names without preparing the dataset when the workdir already knows them."""
-  for split in ('test', 'train'):
-    path = os.path.join(workdir or '', f'eval_{split}.json')
-    if os.path.exists(path):
-      with open(path) as f:
-        names = json.load(f).get('class_names')
-      if names:
-        return names
-  try:
-    _, info = data_lib.get_source(config.data, config.data.eval_split)
-    return list(info.class_names)
-  except data_lib.DataError:
-    return [f'class {i}' for i in range(config.model.num_classes)]

@@ -119,3 +119,54 @@ def test_loaders_read_a_prepared_tfds_source(tmp_path):
   test_source, _ = data.get_source(dc, 'test')
   batches = list(data.EvalLoader(test_source, 4))
   assert [int(b['mask'].sum()) for b in batches] == [4, 2]
+
+
+@pytest.mark.parametrize('hosts', [1, 2])
+def test_unshuffled_batches_are_one_wrapping_stream_in_source_order(hosts):
+  n, g = 10, 4  # 2 steps per epoch; 2 samples per epoch are deferred, not lost
+  loaders = [data.TrainLoader(_source(n), g, seed=0, process_index=p, process_count=hosts,
+                              shuffle=False) for p in range(hosts)]
+  assert loaders[0].steps_per_epoch == n // g
+  for e in range(4):
+    per_host = [[_ids(b) for b in loader.epoch(e)] for loader in loaders]
+    for j in range(loaders[0].steps_per_epoch):
+      want = ((e * loaders[0].steps_per_epoch + j) * g + np.arange(g)) % n
+      assert sum((per_host[p][j] for p in range(hosts)), []) == want.tolist()
+      for p in range(hosts):  # host p reads the p-th contiguous part
+        assert per_host[p][j] == want[p * g // hosts:(p + 1) * g // hosts].tolist()
+  # Concretely, host-count independent: epoch 0 = 0..7, epoch 1 = 8, 9, 0..5, epoch 2 = 6..9, 0..3.
+  assert sum((_ids(b) for b in data.TrainLoader(_source(n), g, 0, shuffle=False).epoch(1)),
+             []) == [8, 9, 0, 1, 2, 3, 4, 5]
+  # The seed does not matter without shuffling.
+  assert ([_ids(b) for b in data.TrainLoader(_source(n), g, 5, shuffle=False).epoch(3)] ==
+          [_ids(b) for b in data.TrainLoader(_source(n), g, 6, shuffle=False).epoch(3)])
+
+
+def test_unshuffled_resume_continues_the_stream_and_refuses_a_shuffled_state():
+  full = [_ids(b) for e in range(3) for b in data.TrainLoader(_source(11), 4, 0,
+                                                               shuffle=False).epoch(e)]
+  run = data.TrainLoader(_source(11), 4, seed=0, shuffle=False)
+  it = iter(run)
+  got = [_ids(next(it)) for _ in range(3)]  # into epoch 1
+  state = json.loads(json.dumps(run.get_state()))
+  assert (state['epoch'], state['batch']) == (1, 1)
+  resumed = data.TrainLoader(_source(11), 4, seed=0, shuffle=False)
+  resumed.set_state(state)
+  for e in range(1, 3):
+    got += [_ids(b) for b in resumed.epoch(e)]
+  assert got == full
+  with pytest.raises(ValueError, match='shuffle'):
+    data.TrainLoader(_source(11), 4, seed=0).set_state(state)
+
+
+def test_loader_benchmark_reports_one_and_two_processes(tmp_path):
+  from dapt_jax.bench import loader as loader_bench
+  out = tmp_path / 'bench'
+  loader_bench.main(['--out', str(out), '--clouds', '64', '--points', '32', '--batch', '16',
+                     '--epochs', '2'])
+  report = json.loads((out / 'loader.json').read_text())
+  rows = {r['setting']: r for r in report['results']}
+  assert rows['one process']['processes'] == 1 and rows['two processes']['processes'] == 2
+  for row in rows.values():  # every process read its share of 2 epochs of 4 batches of 16
+    assert row['clouds'] == 2 * 64 and row['clouds_per_s'] > 0
+  assert '| two processes | 2 |' in (out / 'loader.md').read_text()

@@ -5,17 +5,43 @@ equal parts, so the union over hosts is the global batch and no host reads anoth
 
 Training: the order of epoch `e` is a permutation drawn from `(seed, e)` alone, so any epoch (and any
 batch in it) can be reproduced without replaying the ones before; the remainder that does not fill
-a global batch is dropped. Evaluation: source order, the last global batch padded and masked, so
+a global batch is dropped. With `shuffle=False` the samples come in source order as one continuous
+stream that wraps around: global batch `j` of epoch `e` holds source indices
+`((e * steps_per_epoch + j) * global_batch + arange(global_batch)) mod num_examples`, so nothing is
+dropped for good, only deferred to the next epoch. Evaluation: source order, the last global batch padded and masked, so
 every sample is counted exactly once over all hosts.
 
 Reading runs one batch ahead in a background thread (array_record reads release the GIL).
+
+Debugging the sharding: with `DAPT_JAX_LOG_INDICES=DIR` set, every loader appends the source indices
+of each batch it yields to `DIR/indices_<process>.jsonl` (one JSON object per line: loader kind,
+process, epoch, batch, indices; -1 marks evaluation padding). The multi-process test reads them.
 """
 from __future__ import annotations
 
 import concurrent.futures
-from typing import Any, Iterator, Sequence
+import json
+import os
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
+
+LOG_INDICES_ENV = 'DAPT_JAX_LOG_INDICES'
+
+
+def _index_log(process_index: int) -> Optional[str]:
+  folder = os.environ.get(LOG_INDICES_ENV)
+  if not folder:
+    return None
+  os.makedirs(folder, exist_ok=True)
+  return os.path.join(folder, f'indices_{process_index}.jsonl')
+
+
+def _log_indices(path: Optional[str], **record) -> None:
+  if path is not None:
+    with open(path, 'a') as f:
+      f.write(json.dumps({k: (v.tolist() if isinstance(v, np.ndarray) else v)
+                          for k, v in record.items()}) + '\n')
 
 
 def _read(source: Any, indices: np.ndarray) -> dict[str, np.ndarray]:
@@ -49,7 +75,7 @@ def _prefetched(source: Any, index_batches: Sequence[np.ndarray]) -> Iterator[di
 
 
 class TrainLoader:
-  """Shuffled, drop-remainder training batches with a checkpointable position.
+  """Shuffled (or source-order), drop-remainder training batches with a checkpointable position.
 
   Usage:
     loader = TrainLoader(source, global_batch_size=32, seed=0,
@@ -62,8 +88,9 @@ class TrainLoader:
   """
 
   def __init__(self, source: Any, global_batch_size: int, seed: int, process_index: int = 0,
-               process_count: int = 1):
+               process_count: int = 1, shuffle: bool = True):
     self.source = source
+    self.shuffle = bool(shuffle)
     self.global_batch_size = int(global_batch_size)
     self.local_batch_size = _check_sharding(self.global_batch_size, process_index, process_count)
     self.seed = int(seed)
@@ -74,9 +101,18 @@ class TrainLoader:
       raise ValueError(f'{self.num_examples} examples do not fill one global batch of '
                        f'{self.global_batch_size}')
     self._epoch, self._batch = 0, 0  # position of the next batch to be yielded
+    self._index_log = _index_log(self.process_index)
 
   def order(self, epoch: int) -> np.ndarray:
-    """The global sample order of `epoch`: a permutation, a function of (seed, epoch) only."""
+    """The global sample order of `epoch`; its first `steps_per_epoch` global batches are used.
+
+    Shuffled: a permutation of all samples, a function of (seed, epoch) only. Unshuffled: the
+    `steps_per_epoch * global_batch_size` indices of this epoch's window of the wrapping
+    source-order stream.
+    """
+    if not self.shuffle:
+      used = self.steps_per_epoch * self.global_batch_size
+      return (int(epoch) * used + np.arange(used, dtype=np.int64)) % self.num_examples
     rng = np.random.default_rng([self.seed, int(epoch)])
     return rng.permutation(self.num_examples)
 
@@ -94,6 +130,8 @@ class TrainLoader:
     index_batches = [order[s * g + p * b:s * g + (p + 1) * b]
                      for s in range(first, self.steps_per_epoch)]
     for step, batch in enumerate(_prefetched(self.source, index_batches), start=first):
+      _log_indices(self._index_log, loader='train', process=self.process_index, epoch=epoch,
+                   batch=step, indices=index_batches[step - first])
       # Advance before yielding: a checkpoint taken while holding this batch resumes after it.
       if step + 1 == self.steps_per_epoch:
         self._epoch, self._batch = epoch + 1, 0
@@ -109,11 +147,12 @@ class TrainLoader:
   def get_state(self) -> dict[str, int]:
     """The position of the next batch plus what it depends on (JSON-able ints)."""
     return {'epoch': self._epoch, 'batch': self._batch, 'seed': self.seed,
-            'num_examples': self.num_examples, 'global_batch_size': self.global_batch_size}
+            'num_examples': self.num_examples, 'global_batch_size': self.global_batch_size,
+            'shuffle': int(self.shuffle)}
 
   def set_state(self, state: dict[str, int]) -> None:
     """Restores a position from `get_state()`; refuses one made for other data or batching."""
-    for key in ('seed', 'num_examples', 'global_batch_size'):
+    for key in ('seed', 'num_examples', 'global_batch_size', 'shuffle'):
       if key in state and int(state[key]) != getattr(self, key):
         raise ValueError(f'loader state has {key}={state[key]}, this loader has '
                          f'{getattr(self, key)}; the resumed data order would differ')
@@ -140,6 +179,7 @@ class EvalLoader:
     self.process_index, self.process_count = int(process_index), int(process_count)
     self.num_examples = len(source)
     self.num_batches = -(-self.num_examples // self.global_batch_size)
+    self._index_log = _index_log(self.process_index)
 
   def _slots(self, step: int) -> np.ndarray:
     start = step * self.global_batch_size + self.process_index * self.local_batch_size
@@ -155,4 +195,6 @@ class EvalLoader:
       valid = s < self.num_examples
       batch['mask'] = valid
       batch['index'] = np.where(valid, s, -1).astype(np.int32)
+      _log_indices(self._index_log, loader='eval', process=self.process_index,
+                   batch=int(s[0]) // self.global_batch_size, indices=batch['index'])
       yield batch

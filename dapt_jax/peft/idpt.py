@@ -1,0 +1,91 @@
+"""IDPT: an instance-aware dynamic prompt made by a DGCNN module (SPEC §9, ICCV 2023 release).
+
+Before one block (the last by default) the patch tokens [B, G, C] go through three EdgeConv
+layers and a fusion layer; the max over tokens is one prompt, inserted after the class token with
+its own position `prompt_pos`, which stays frozen at its random initial value (its release name
+lacks `cls`, so the release never trains it). EdgeConv layer l: for each token its k nearest
+tokens in feature space (squared Euclidean, itself included), edge features [x_j − x_i, x_i]
+(2C), a 1×1 convolution 2C→C without bias, BatchNorm over B·G·k values, LeakyReLU(0.2), max over
+the k neighbours. Fusion: concat of the three outputs (3C) → Linear 3C→C without bias, BatchNorm
+over B·G, LeakyReLU(0.2); max over the G tokens. Initial values as the release's (PyTorch's
+default for the convolutions, BatchNorm 1/0, prompt_pos truncated normal std 0.02).
+
+Parameter names follow the release's module (conv1..3 and conv5/bn5: it has no conv4).
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from dapt_jax import layers
+
+Array = jax.Array
+
+NEGATIVE_SLOPE = 0.2
+EDGE_LAYERS = ('1', '2', '3')
+
+
+def knn_feature_indices(x: Array, k: int) -> Array:
+  """x: [B, G, C] → [B, G, k] indices of each token's k nearest tokens (itself included)."""
+  inner = jnp.einsum('bic,bjc->bij', x, x)
+  sq = jnp.sum(x * x, axis=-1)
+  neg_dist = 2.0 * inner - sq[:, :, None] - sq[:, None, :]   # −‖x_i − x_j‖²
+  _, idx = jax.lax.top_k(neg_dist, k)
+  return idx
+
+
+def edge_features(x: Array, k: int) -> Array:
+  """x: [B, G, C] → [B, G, k, 2C]: [x_j − x_i, x_i] over each token's k nearest tokens."""
+  idx = knn_feature_indices(x, k)
+  neighbours = jax.vmap(lambda xb, ib: xb[ib])(x, idx)             # [B, G, k, C]
+  center = jnp.broadcast_to(x[:, :, None, :], neighbours.shape)
+  return jnp.concatenate([neighbours - center, center], axis=-1)
+
+
+class EdgeConvPrompt(nn.Module):
+  """The DGCNN prompt module: patch tokens [B, G, C] → (prompt [B, 1, C], prompt_pos [1, 1, C])."""
+  k: int = 20
+  axis_name: Optional[str] = None
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, tokens: Array, train: bool) -> tuple[Array, Array]:
+    c = tokens.shape[-1]
+
+    def conv_bn_act(h, i):
+      h = nn.Dense(c, use_bias=False, kernel_init=layers.torch_linear_kernel_init,
+                   dtype=self.dtype, name=f'conv{i}')(h)
+      h = layers.TorchBatchNorm(use_running_average=not train, axis_name=self.axis_name,
+                                name=f'bn{i}')(h)
+      return nn.leaky_relu(h, NEGATIVE_SLOPE)
+
+    h, outputs = tokens, []
+    for i in EDGE_LAYERS:
+      h = jnp.max(conv_bn_act(edge_features(h, self.k), i), axis=2)   # [B, G, C]
+      outputs.append(h)
+    h = conv_bn_act(jnp.concatenate(outputs, axis=-1), '5')             # [B, G, C]
+    prompt = jnp.max(h, axis=1, keepdims=True)
+    prompt_pos = self.param('prompt_pos', nn.initializers.truncated_normal(stddev=0.02),
+                            (1, 1, c))
+    return prompt, prompt_pos
+
+
+def encode(blocks: Sequence[nn.Module], prompt_module: EdgeConvPrompt, layer: int, x: Array,
+           pos: Array, num_patches: int, train: bool) -> Array:
+  """x, pos: [B, 1 + G, C] → the last block's output [B, 2 + G, C] ([cls, prompt, patches]).
+
+  Blocks before `layer` see [cls, patches]; the prompt is made from the patch tokens entering
+  block `layer` and inserted after the class token, with its position, from then on.
+  """
+  b, _, c = x.shape
+  for i, block in enumerate(blocks):
+    if i == layer:
+      prompt, prompt_pos = prompt_module(x[:, -num_patches:], train)
+      x = jnp.concatenate([x[:, :1], prompt.astype(x.dtype), x[:, -num_patches:]], axis=1)
+      pos = jnp.concatenate([pos[:, :1], jnp.broadcast_to(prompt_pos, (b, 1, c)).astype(pos.dtype),
+                             pos[:, -num_patches:]], axis=1)
+    x = block(x + pos, train)
+  return x
