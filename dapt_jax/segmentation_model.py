@@ -36,7 +36,7 @@ Array = jax.Array
 
 # Required fields of a segmentation config's `model` section (docs/architecture.md).
 SEG_MODEL_FIELDS = ('trans_dim', 'depth', 'num_heads', 'mlp_ratio', 'encoder_dims', 'num_group',
-                    'group_size', 'rank', 'num_parts', 'num_categories', 'drop_path_rate',
+                    'group_size', 'rank', 'num_parts', 'num_classes', 'drop_path_rate',
                     'drop_adapter_rate', 'freeze_bn_stats', 'dtype', 'dapt', 'pos_every_block',
                     'feature_blocks')
 # Optional fields and their defaults (Point-MAE's widths).
@@ -104,7 +104,7 @@ def max_over_tokens(f: Array) -> Array:
 
 class CategoryEmbed(nn.Module):
   """`label_conv`: one-hot category → Linear (no bias) → BatchNorm → LeakyReLU(0.2)."""
-  num_categories: int
+  num_classes: int
   features: int = 64
   axis_name: Optional[str] = None
   dtype: Any = jnp.float32
@@ -112,7 +112,7 @@ class CategoryEmbed(nn.Module):
   @nn.compact
   def __call__(self, category: Array, train: bool) -> Array:
     """category: [B] int → [B, features]. The BatchNorm reduces over the B shapes."""
-    onehot = jax.nn.one_hot(category, self.num_categories, dtype=self.dtype)
+    onehot = jax.nn.one_hot(category, self.num_classes, dtype=self.dtype)
     h = nn.Dense(self.features, use_bias=False, kernel_init=layers.torch_linear_kernel_init,
                  dtype=self.dtype, name='conv')(onehot)
     h = layers.TorchBatchNorm(use_running_average=not train, axis_name=self.axis_name,
@@ -177,7 +177,7 @@ class PartSegmenter(nn.Module):
   group_size: int = 32
   rank: int = 32
   num_parts: int = 50
-  num_categories: int = 16
+  num_classes: int = 16  # object categories (the one-hot fed to label_conv)
   drop_path_rate: float = 0.1
   drop_adapter_rate: float = 0.0
   freeze_bn_stats: bool = False
@@ -270,7 +270,7 @@ class PartSegmenter(nn.Module):
     features = [norm_tfts(norm(f)) for f in self._blocks(tokens, pos, train)]
     f = jnp.concatenate(features, axis=-1)                               # [B, G, 3C]
 
-    label = CategoryEmbed(self.num_categories, self.label_dims, self.axis_name, self.dtype,
+    label = CategoryEmbed(self.num_classes, self.label_dims, self.axis_name, self.dtype,
                           name='label_conv')(category, train)
     per_shape = jnp.concatenate([max_over_tokens(f), jnp.mean(f, axis=1), label], axis=-1)
     h = FeaturePropagation(tuple(self.propagation_dims), self.axis_name, self.dtype,
@@ -318,7 +318,7 @@ def build_model(cfg: Any, axis_name: Optional[str] = None) -> PartSegmenter:
   """
   v = model_fields(cfg)
   for f in ('trans_dim', 'depth', 'num_heads', 'num_group', 'group_size', 'rank', 'num_parts',
-            'num_categories', 'label_dims'):
+            'num_classes', 'label_dims'):
     if not isinstance(v[f], int) or isinstance(v[f], bool) or v[f] < 1:
       raise ModelConfigError(f'model.{f}={v[f]!r}: must be a positive integer')
   if v['encoder_dims'] != v['trans_dim']:
@@ -351,7 +351,7 @@ def build_model(cfg: Any, axis_name: Optional[str] = None) -> PartSegmenter:
   return PartSegmenter(
       trans_dim=v['trans_dim'], depth=v['depth'], num_heads=v['num_heads'],
       mlp_ratio=float(v['mlp_ratio']), num_group=v['num_group'], group_size=v['group_size'],
-      rank=v['rank'], num_parts=v['num_parts'], num_categories=v['num_categories'],
+      rank=v['rank'], num_parts=v['num_parts'], num_classes=v['num_classes'],
       drop_path_rate=float(v['drop_path_rate']), drop_adapter_rate=float(v['drop_adapter_rate']),
       freeze_bn_stats=bool(v['freeze_bn_stats']), dtype=dtypes[v['dtype']], dapt=bool(v['dapt']),
       pos_every_block=bool(v['pos_every_block']), feature_blocks=tuple(blocks),

@@ -20,12 +20,12 @@ from dapt_jax import segmentation_model as S
 # SPEC §8.2 / §8.6 at full size: backbone 21,825,024 + head 5,238,706; DAPT (r = 32) adds
 # 12 · (1,537 + 769 · 32) + 112,128 + 768.
 FULL = dict(trans_dim=384, depth=12, num_heads=6, mlp_ratio=4.0, encoder_dims=384, num_group=128,
-            group_size=32, rank=32, num_parts=50, num_categories=16, drop_path_rate=0.1,
+            group_size=32, rank=32, num_parts=50, num_classes=16, drop_path_rate=0.1,
             drop_adapter_rate=0.0, freeze_bn_stats=False, dtype='float32', dapt=True,
             pos_every_block=False, feature_blocks=(3, 7, 11))
 
 TINY = dict(trans_dim=24, depth=4, num_heads=2, mlp_ratio=2.0, encoder_dims=24, num_group=8,
-            group_size=6, rank=4, num_parts=7, num_categories=3, drop_path_rate=0.0,
+            group_size=6, rank=4, num_parts=7, num_classes=3, drop_path_rate=0.0,
             drop_adapter_rate=0.0, freeze_bn_stats=False, dtype='float64', dapt=True,
             pos_every_block=False, feature_blocks=(1, 2, 3), label_dims=5,
             propagation_dims=(20, 16), head_dims=(12, 10), head_dropout_rate=0.0)
@@ -113,7 +113,7 @@ def make_reference(fields, seed):
   torch.manual_seed(seed)
   ref = RS.TorchPartSeg(
       **{k: fields[k] for k in ('trans_dim', 'depth', 'num_heads', 'mlp_ratio', 'num_group',
-                                'group_size', 'rank', 'num_parts', 'num_categories',
+                                'group_size', 'rank', 'num_parts', 'num_classes',
                                 'drop_path_rate', 'drop_adapter_rate', 'dapt', 'pos_every_block',
                                 'feature_blocks', 'label_dims', 'propagation_dims', 'head_dims')},
       head_dropout=fields['head_dropout_rate']).double()
@@ -141,11 +141,11 @@ def flax_pair(fields, seed):
   return ref, net, jax.tree.map(jnp.asarray, variables)
 
 
-def inputs(seed, b=3, n=40, num_group=8, group_size=6, num_categories=3):
+def inputs(seed, b=3, n=40, num_group=8, group_size=6, num_classes=3):
   g = torch.Generator().manual_seed(seed)
   pts = torch.randn(b, n, 3, generator=g, dtype=torch.float64)
   nb, center = R.torch_group(pts, num_group, group_size)
-  cat = torch.arange(b) % num_categories
+  cat = torch.arange(b) % num_classes
   return pts, nb, center, cat
 
 
@@ -191,13 +191,14 @@ def test_eval_logits_match_reference(x64, variant):
   close(got_q, want_q, f'{variant} logits at other query points')
 
 
-# In training mode a bias right before a BatchNorm is cancelled by the batch-mean subtraction, and
-# so is the final scale-shift's beta (it shifts every interpolated and pooled feature by the same
+# In training mode a bias right before a BatchNorm is cancelled by the batch-mean subtraction (the
+# patch encoder's second bias too: it shifts the pooled and the per-point halves of the next
+# layer's input alike), and so are the final LayerNorm's bias and scale-shift's beta (it shifts every interpolated and pooled feature by the same
 # vector, which reaches the head only through BatchNorm'd layers): their gradient is exactly zero
 # and only rounding noise is left on either side.
 ZERO_GRADIENT = ('convs1.bias', 'convs2.bias', 'propagation_0.mlp_convs.0.bias',
                  'propagation_0.mlp_convs.1.bias', 'tfts_beta_2', 'encoder.first_conv.0.bias',
-                 'encoder.second_conv.0.bias')
+                 'encoder.first_conv.3.bias', 'encoder.second_conv.0.bias', 'norm.bias')
 
 
 @pytest.mark.parametrize('variant,rules', [('dapt', 'dapt'), ('pointmae', 'full')])

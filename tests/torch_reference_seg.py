@@ -131,7 +131,7 @@ class TorchPartSeg(nn.Module):
     """
 
     def __init__(self, trans_dim=384, depth=12, num_heads=6, mlp_ratio=4.0, num_group=128,
-                 group_size=32, rank=32, num_parts=50, num_categories=16, drop_path_rate=0.1,
+                 group_size=32, rank=32, num_parts=50, num_classes=16, drop_path_rate=0.1,
                  drop_adapter_rate=0.0, dapt=True, pos_every_block=False,
                  feature_blocks=(3, 7, 11), label_dims=64, propagation_dims=(1536, 1024),
                  head_dims=(512, 256), head_dropout=0.5):
@@ -140,7 +140,7 @@ class TorchPartSeg(nn.Module):
         self.pos_every_block = pos_every_block or not dapt
         self.feature_blocks = tuple(feature_blocks)
         self.num_group, self.group_size = num_group, group_size
-        self.num_categories = num_categories
+        self.num_classes = num_classes
         C = trans_dim
         self.encoder = R.PatchEncoder(C)
         self.pos_embed = nn.Sequential(nn.Linear(3, 128), nn.GELU(), nn.Linear(128, C))
@@ -156,7 +156,7 @@ class TorchPartSeg(nn.Module):
         else:
             self.blocks = PlainEncoder(C, depth, num_heads, mlp_ratio, drop_path_rate)
         self.norm = nn.LayerNorm(C, eps=1e-5)
-        self.label_conv = nn.Sequential(nn.Conv1d(num_categories, label_dims, 1, bias=False),
+        self.label_conv = nn.Sequential(nn.Conv1d(num_classes, label_dims, 1, bias=False),
                                         nn.BatchNorm1d(label_dims), nn.LeakyReLU(0.2))
         f = C * len(self.feature_blocks)
         self.propagation_0 = Propagation(f + 3, propagation_dims)
@@ -205,7 +205,7 @@ class TorchPartSeg(nn.Module):
         -> logits [B, Q, P] (before log-softmax)."""
         f = self.features(neighborhood, center)              # [B, F, G]
         B, _, Q = f.shape[0], None, query.shape[1]
-        onehot = F.one_hot(category, self.num_categories).to(f.dtype).unsqueeze(-1)
+        onehot = F.one_hot(category, self.num_classes).to(f.dtype).unsqueeze(-1)
         label = self.label_conv(onehot)                       # [B, 64, 1]
         g = torch.cat([f.max(2, keepdim=True).values, f.mean(2, keepdim=True), label], 1)
         xyz = query.transpose(1, 2)
