@@ -7,14 +7,23 @@ r"""dapt-jax: fine-tune, evaluate and run DAPT on point clouds.
       --mode=predict --input=cloud.ply
 
 Any config field can be overridden: --config.optim.lr=1e-3, --config.data.data_dir=PATH.
+
+Exit status: 0 done; 2 a user mistake (one `error:` line on stderr, nothing written; the
+traceback too with --debug or DAPT_JAX_DEBUG=1); 3 preempted (SIGTERM: the run saved its state;
+re-run the same command to resume).
 """
+import difflib
+import importlib.util
 import logging
 import os
+import re
 import sys
 
 from absl import app
 from absl import flags
 from ml_collections import config_flags
+
+from dapt_jax import errors
 
 config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/scanobjectnn.py:hardest.',
                                 lock_config=True)
@@ -22,16 +31,159 @@ flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and eva
 flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict', 'summary'],
                   'train (resumes if the workdir has a run), eval, predict, or summary (the '
                   'parameter table: what trains, per module and partition rule; no data).')
-flags.DEFINE_string('input', None, '--mode=predict: a point-cloud file (.npy .txt .xyz .ply .h5).')
+flags.DEFINE_string('input', None, '--mode=predict: a cloud or mesh file, a folder or a glob '
+                    '(.npy .txt .xyz .ply .pcd .h5 .off .obj .stl); writes '
+                    '<workdir>/predictions.csv.')
 flags.DEFINE_bool('distributed', None, 'Call jax.distributed.initialize() (multi-host). Default: '
                   'when a cluster environment (SLURM, TPU pod, JAX_COORDINATOR_ADDRESS) is seen.')
+flags.DEFINE_bool('debug', False, 'Print the traceback of a user error too (as DAPT_JAX_DEBUG=1).')
 
 FLAGS = flags.FLAGS
 
 
 def _fail(message: str) -> None:
-  print(f'error: {message}', file=sys.stderr)
-  sys.exit(2)
+  errors.fail(message)
+
+
+# ---------------------------------------------------------------------------------------------
+# Command-line parsing: every mistake in --config and its overrides is one line, exit status 2.
+
+
+def _config_value(argv) -> str | None:
+  """The value of --config in argv (either --config=V or --config V), or None."""
+  for i, arg in enumerate(argv):
+    if arg.startswith('--config='):
+      return arg.split('=', 1)[1]
+    if arg == '--config' and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
+def _is_section(node) -> bool:
+  return hasattr(node, 'keys') and type(node).__name__ in ('ConfigDict', 'FrozenConfigDict')
+
+
+def _field_paths(node, prefix: str = '') -> list[str]:
+  out = []
+  for key in node.keys():
+    out.append(prefix + key)
+    if _is_section(node[key]):
+      out += _field_paths(node[key], prefix + key + '.')
+  return out
+
+
+def _unknown_field(config, name: str) -> str | None:
+  """A one-line complaint when `name` (a dotted path) is not a field of `config`, else None."""
+  node, parts = config, name.split('.')
+  for i, part in enumerate(parts):
+    if not _is_section(node):
+      return (f'--config.{name}: config.{".".join(parts[:i])} is a value, not a section with '
+              'fields')
+    if part not in node.keys():
+      section = '.'.join(parts[:i])
+      close = difflib.get_close_matches(part, list(node.keys()), n=1, cutoff=0.6)
+      if close:
+        guess = '.'.join(parts[:i] + close + parts[i + 1:])
+        return f'--config.{name}: no such config field; did you mean --config.{guess}?'
+      leaf = parts[-1]
+      elsewhere = [p for p in _field_paths(config) if p.rsplit('.', 1)[-1] == leaf]
+      if elsewhere:
+        return (f'--config.{name}: no such config field; did you mean '
+                f'{" or ".join("--config." + p for p in elsewhere)}?')
+      fields = ', '.join(node.keys())
+      where = f'config.{section}' if section else 'the config'
+      return f'--config.{name}: no such config field ({where} has: {fields})'
+    node = node[part]
+  return None
+
+
+def _override_names(argv) -> list[str]:
+  names = []
+  for arg in argv:
+    m = re.match(r'^--?(?:no)?config\.([^=]+)', arg)
+    if m:
+      names.append(m.group(1))
+  return names
+
+
+def _precheck_config(argv) -> None:
+  """Loads --config's file once before absl does, to name a missing file, a bad variant or an
+  unknown override field in one line (absl would raise with a long traceback)."""
+  value = _config_value(argv)
+  if value is None:
+    return
+  path, _, arg = value.partition(':')
+  if not os.path.isfile(path):
+    what = 'is a directory' if os.path.isdir(path) else 'no such file'
+    _fail(f'--config={value}: {what} (e.g. --config=configs/scanobjectnn.py:hardest)')
+  try:
+    spec = importlib.util.spec_from_file_location('_dapt_jax_config_precheck', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+  except Exception as e:  # pylint: disable=broad-except  (the user's config file)
+    if errors.debug():
+      raise
+    _fail(f'--config={value}: the config file fails to load: {type(e).__name__}: '
+          f'{errors.one_line(e)}')
+  if not hasattr(module, 'get_config'):
+    _fail(f'--config={value}: {path} has no get_config() function')
+  try:
+    config = module.get_config(arg) if arg else module.get_config()
+  except Exception as e:  # pylint: disable=broad-except  (a variant the file refuses, ...)
+    if errors.debug():
+      raise
+    _fail(f'--config={value}: {errors.one_line(e)}')
+  if not _is_section(config):
+    _fail(f'--config={value}: get_config() returned a {type(config).__name__}, not a ConfigDict')
+  for name in _override_names(argv):
+    problem = _unknown_field(config, name)
+    if problem:
+      _fail(problem)
+  _PRECHECKED['config'] = config
+
+
+_PRECHECKED = {}
+
+
+def _field_type(name: str) -> str | None:
+  """The type name of config field `name` (dotted), from the prechecked config."""
+  node = _PRECHECKED.get('config')
+  try:
+    *sections, leaf = name.split('.')
+    for part in sections:
+      node = node[part]
+    kind = node.get_type(leaf)
+  except (KeyError, AttributeError, TypeError):
+    return None
+  return 'a ConfigDict section' if 'ConfigDict' in kind.__name__ else kind.__name__
+
+
+def _flag_error(e: Exception) -> str:
+  lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+  text = lines[-1] if len(lines) > 1 and 'Traceback' in str(e) else (lines[0] if lines else '')
+  m = re.match(r'^flag --config\.([^=]+)=(.*?): ', text)
+  kind = _field_type(m.group(1)) if m else None
+  if kind:
+    return (f'--config.{m.group(1)}={m.group(2)}: config.{m.group(1)} takes {kind}, not '
+            f'{m.group(2)!r}')
+  text = re.sub(r'^flag (--\S+): ', r'\1: ', text)
+  if isinstance(e, flags.Error):
+    return f'{text} (see python main.py --helpshort)'
+  return f'{type(e).__name__}: {text}' if text else type(e).__name__
+
+
+def _parse_flags(argv):
+  """absl's flag parsing, with its errors as one `error:` line and exit status 2."""
+  _precheck_config(argv)
+  try:
+    return FLAGS(argv)
+  except Exception as e:  # pylint: disable=broad-except  (absl and ml_collections raise many)
+    if errors.debug():
+      raise
+    _fail(_flag_error(e))
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 def _multi_host() -> bool:
@@ -43,7 +195,10 @@ def _multi_host() -> bool:
 
 
 def main(argv):
-  del argv
+  if len(argv) > 1:
+    _fail(f'unexpected argument {argv[1]!r} (flags are --name=value; see --helpshort)')
+  if FLAGS.debug:
+    os.environ[errors.DEBUG_ENV] = '1'
   if FLAGS.config is None:
     _fail('--config is required, e.g. --config=configs/synthetic.py')
   if FLAGS.workdir is None and FLAGS.mode not in ('predict', 'summary'):
@@ -62,50 +217,55 @@ def main(argv):
                                  process_id=int(env.get('JAX_PROCESS_ID', '0')))
     else:  # SLURM, TPU pods, ...: JAX detects the cluster itself
       jax.distributed.initialize()
+    # Open the cross-process communicators now, while the processes are in step: CPU hosts'
+    # collectives (gloo) fail when processes first reach one more than 30 s apart, as happens when
+    # one compiles slower. One device per process (checkpoint barriers), then every device (steps).
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices('dapt_jax: processes up')
+    jax.pmap(lambda x: jax.lax.psum(x, 'all'), axis_name='all')(
+        jax.numpy.ones(jax.local_device_count())).block_until_ready()
 
-  from dapt_jax import checkpoints  # pylint: disable=g-import-not-at-top
-  from dapt_jax import data  # pylint: disable=g-import-not-at-top
-  from dapt_jax import evaluate  # pylint: disable=g-import-not-at-top
-  from dapt_jax import model  # pylint: disable=g-import-not-at-top
-  from dapt_jax import partition  # pylint: disable=g-import-not-at-top
-  from dapt_jax import pretrained  # pylint: disable=g-import-not-at-top
-  from dapt_jax import train  # pylint: disable=g-import-not-at-top
-  from dapt_jax import errors  # pylint: disable=g-import-not-at-top
-  user_errors = (errors.UserError, data.DataError, model.ModelConfigError,
-                 partition.PartitionError, pretrained.PretrainedError,
-                 checkpoints.CheckpointError, train.TrainingError, evaluate.InputError)
+  from dapt_jax import validate  # pylint: disable=g-import-not-at-top
+  from dapt_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   config = FLAGS.config
   try:
+    # Everything that can be checked is checked before the workdir is touched or a model built.
+    validate.check_run(config, FLAGS.workdir, FLAGS.mode)
+    from dapt_jax import train  # pylint: disable=g-import-not-at-top
     if FLAGS.mode == 'train':
-      summary = train.train_and_evaluate(config, FLAGS.workdir)
+      with workdir_lib.lock(FLAGS.workdir, enabled=jax.process_index() == 0):
+        summary = train.train_and_evaluate(config, FLAGS.workdir)
       best = summary['best_value']
       best_text = (f"best {summary['best_metric']} {best:.4f} at epoch {summary['best_epoch']}"
                    if best is not None else '')
-      if summary['final_metrics'] is not None:
+      if summary['stopped'] != 'finished':
+        print(f"stopped after step {summary['steps']} ({summary['stopped']}); "
+              're-run the same command to resume')
+      elif summary['final_metrics'] is not None:
         print(f"final: {summary['final_description']}"
               + (f'; {best_text}' if best_text else '')
               + f"; {summary['trainable_parameters']:,} of {summary['total_parameters']:,} "
               'parameters trained')
-      elif summary['stopped'] == 'finished':
+      else:
         print(f"the run in {FLAGS.workdir} is already complete ({summary['steps']} steps)"
               + (f'; {best_text}' if best_text else ''))
-      else:
-        print(f"stopped after step {summary['steps']} ({summary['stopped']}); "
-              're-run the same command to resume')
+      if summary['stopped'] == 'preempted':
+        return errors.EXIT_PREEMPTED  # a scheduler requeues on this status
     elif FLAGS.mode == 'summary':
       from dapt_jax.peft import summary as summary_lib  # pylint: disable=g-import-not-at-top
       print(summary_lib.summarize(config))
     elif FLAGS.mode == 'eval':
       m = train.evaluate_workdir(config, FLAGS.workdir)
       print(f"{m['split']}: {m['description']} over {m['num_samples']} samples "
-            f"(votes={m['votes']}); wrote {FLAGS.workdir}/eval_{m['split']}.json")
+            f"(votes={m['votes']}) of {m['checkpoint']}; wrote "
+            f"{FLAGS.workdir}/eval_{m['split']}.json")
     else:
-      top = train.predict_file(config, FLAGS.workdir, FLAGS.input)
-      for rank, (name, prob) in enumerate(top, 1):
-        print(f'{rank}. {name:<20} {100 * prob:6.2f} %')
-  except user_errors as e:
-    _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+      from dapt_jax import predict  # pylint: disable=g-import-not-at-top
+      print(predict.summary(predict.predict(config, FLAGS.workdir, FLAGS.input)))
+  except errors.UserError as e:
+    errors.report(e)
+    errors.exit_now(errors.EXIT_USER_ERROR)  # no background save/restore left to wait for
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

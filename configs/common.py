@@ -28,7 +28,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.head_dropout_rate = 0.5  # dropout in the classification head (release: 0.5)
   c.model.head_tokens = ('cls', 'prompt', 'patch')  # head input: class token, prompt mean, patch max
   c.model.freeze_bn_stats = False  # True: frozen encoder BatchNorm uses running stats (release: False)
-  c.model.dtype = 'float32'       # compute dtype: float32 or bfloat16 (params stay float32)
+  c.model.dtype = 'float32'       # float32 or bfloat16 compute (params float32); float64: checks, JAX_ENABLE_X64=1
   c.model.remat = False           # recompute block activations in the backward pass (saves memory)
   c.model.peft = 'dapt'           # method: dapt|full|linear|vpt_deep|idpt|pointgst|lora|adapter (dapt_jax/peft)
   c.model.vpt_prompts = 10        # vpt_deep: prompts per block
@@ -44,12 +44,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.partition_rules = config_dict.placeholder(tuple)
 
   c.data = ml_collections.ConfigDict()
-  c.data.name = 'scan_object_nn/hardest'  # dataset: scan_object_nn/{objbg,objonly,hardest}, modelnet40, synthetic_shapes
+  c.data.name = 'scan_object_nn/hardest'  # dataset: scan_object_nn/{objbg,objonly,hardest}, modelnet40, modelnet_fewshot, synthetic_shapes
   c.data.data_dir = 'data/ScanObjectNN'   # folder with the official files
   c.data.tfds_data_dir = config_dict.placeholder(str)  # prepared TFDS files; None: ~/.cache/dapt_jax/tfds
   c.data.num_points = 2048        # N points per cloud fed to the model
   c.data.point_all = 2400         # training: FPS to this many (capped at the cloud size), then a random N
   c.data.skip_full_fps = False    # skip that FPS when it would keep the whole cloud (it only reorders)
+  c.data.shuffle = True           # False: training clouds in file order, one stream wrapping round epochs
+  c.data.augment = True           # False: train on the evaluation view (FPS to N, no subset/scale/shift)
   c.data.train_split = 'train'    # split trained on
   c.data.eval_split = 'test'      # split evaluated on
   c.data.synthetic_num_train = 1024  # synthetic_shapes: training clouds
@@ -59,6 +61,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.synthetic_seed = 0          # synthetic_shapes: generator seed
   c.data.source_format = 'auto'      # modelnet40: 'auto', 'dat', 'txt' or 'h5' files in data_dir
   c.data.modelnet_points = 8192      # modelnet40: points kept per shape when preparing raw files
+  c.data.way = 5                     # modelnet_fewshot: classes per task (5 or 10)
+  c.data.shot = 10                   # modelnet_fewshot: training shapes per class (10 or 20)
+  c.data.fold = 0                    # modelnet_fewshot: which of the 10 folds (0..9)
+  c.data.folder_points = 2048        # folder: points per stored cloud (FPS down; fewer resampled, with a warning)
+  c.data.folder_mesh_points = 8192   # folder: points sampled uniformly on each mesh surface before that FPS
+  c.data.folder_min_points = 32      # folder: clouds with fewer points are refused
+  c.data.folder_normalize = 'unit_sphere'  # folder: 'unit_sphere' (centre, radius 1), 'center' (metric scale) or 'none'
+  c.data.folder_up_axis = 'y'        # folder: the files' up axis, 'y' or 'z' (turned to y-up)
+  c.data.folder_test_fraction = 0.2  # folder without test/: share of each class held out for test
+  c.data.folder_split_seed = 0       # folder without test/: seed of that stratified split
 
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 5e-4               # peak learning rate (AdamW)

@@ -4,7 +4,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 from typing import Sequence
+
+import numpy as np
 
 DESCRIPTION = """\
 Convert PyTorch checkpoints to dapt-jax and back.
@@ -33,9 +36,20 @@ converted tensors, plus DST/report.json. Train from it with
 Without --config the model's shapes are read off the checkpoint (width, depth, rank, classes,
 head input) and the rest comes from configs/scanobjectnn.py:hardest.
 
-Flax → PyTorch (--to-torch). SRC_DIR is a converted checkpoint of a complete DAPT model; the
-model is the one its report.json records unless --config says otherwise. DST.pth holds
+Flax → PyTorch (--to-torch). SRC_DIR is a converted checkpoint of a complete DAPT model, or a
+training workdir (its last checkpoint is exported); the model is the one its report.json (or
+config.json) records unless --config says otherwise. DST.pth holds
 {'base_model': state_dict} in the release's key layout, which the PyTorch release loads.
+A pre-training workdir (configs/pretrain_shapenet.py) or a converted autoencoder exports in
+Point-MAE's pre-training layout instead: all 209 entries (MAE_encoder.*, MAE_decoder.*,
+decoder_pos_embed.*, increase_dim.*, mask_token, BatchNorm buffers), which Point-MAE loads
+strictly and every fine-tuning code base reads as a backbone.
+
+Pre-training checkpoints. Without --config, a Point-MAE pre-training .pth converts to the DAPT
+classifier's backbone (the decoder ignored). With a pre-training config
+(--config configs/pretrain_shapenet.py[:variant]) it converts to the whole masked autoencoder,
+strictly, to resume pre-training from it (--config.init_from) or to fine-tune on it (the
+classifier sets the decoder side aside).
 
 Errors are one line on stderr, exit status 2, and leave nothing at DST.
 """
@@ -67,12 +81,28 @@ def _parser() -> argparse.ArgumentParser:
   return p
 
 
+def _check_destination(dst: str, force: bool) -> None:
+  """Fails before the (slower) conversion when DST cannot be written."""
+  from dapt_jax import pretrained  # pylint: disable=g-import-not-at-top
+  if os.path.lexists(dst) and not force:
+    raise pretrained.PretrainedError(f'{dst} already exists (pass --force to replace it)')
+  parent = os.path.dirname(dst)
+  if not os.path.isdir(parent):
+    raise pretrained.PretrainedError(f'{parent}: no such directory (create it first)')
+  try:  # permission bits do not stop root, and a read-only filesystem shows none: try it
+    fd, probe = tempfile.mkstemp(prefix=f'.{os.path.basename(dst)}.write-test-', dir=parent)
+    os.close(fd)
+    os.remove(probe)
+  except OSError as e:
+    raise pretrained.PretrainedError(f'{dst}: cannot write in {parent} ({e.strerror or e}); '
+                                     'choose a destination you may write to') from None
+
+
 def _to_flax(args) -> None:
   from convert import from_torch  # pylint: disable=g-import-not-at-top
   from dapt_jax import pretrained  # pylint: disable=g-import-not-at-top
   dst = os.path.abspath(args.dst)
-  if os.path.lexists(dst) and not args.force:  # fail before the (slower) conversion
-    raise pretrained.PretrainedError(f'{dst} already exists (pass --force to replace it)')
+  _check_destination(dst, args.force)
   conv = from_torch.convert_checkpoint(args.src, args.config)
   pretrained.save_converted(dst, conv.variables, conv.report, force=args.force)
   print(from_torch.summary(conv, dst, args.verbose))
@@ -82,15 +112,22 @@ def _to_torch(args) -> None:
   from convert import to_torch  # pylint: disable=g-import-not-at-top
   from dapt_jax import pretrained  # pylint: disable=g-import-not-at-top
   dst = os.path.abspath(args.dst)
-  if os.path.lexists(dst) and not args.force:
-    raise pretrained.PretrainedError(f'{dst} already exists (pass --force to replace it)')
-  to_torch.import_torch()  # fail early when torch is missing
-  fields = to_torch.fields_for(args.src, args.config)
-  variables = pretrained.load_converted(args.src)
-  state_dict = to_torch.variables_to_torch_state_dict(variables, fields)
+  _check_destination(dst, args.force)
+  torch = to_torch.import_torch()  # fail early when torch is missing
+  from convert import keymap  # pylint: disable=g-import-not-at-top
+  variables = pretrained.load_converted(args.src, workdir_checkpoint='last')
+  if keymap.is_mae_variables(variables):  # a pre-training run or converted Point-MAE checkpoint
+    arrays = to_torch.mae_variables_to_arrays(variables, to_torch.mae_fields_for(args.src,
+                                                                                 args.config))
+    state_dict = {k: torch.from_numpy(np.array(v)) for k, v in arrays.items()}
+    layout = "Point-MAE's pre-training layout (MAE_encoder, MAE_decoder, mask_token, ...)"
+  else:
+    fields = to_torch.fields_for(args.src, args.config)
+    state_dict = to_torch.variables_to_torch_state_dict(variables, fields)
+    layout = 'DAPT release layout'
   to_torch.write_pth(state_dict, dst, args.force)
-  print(f'wrote {dst}: {{"base_model": state dict of {len(state_dict)} tensors}} in the DAPT '
-        f'release layout (from {os.path.abspath(args.src)})')
+  print(f'wrote {dst}: {{"base_model": state dict of {len(state_dict)} tensors}} in the '
+        f'{layout} (from {os.path.abspath(args.src)})')
   if args.verbose:
     for key, value in state_dict.items():
       print(f'  {key} {tuple(value.shape)}')
@@ -105,13 +142,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
   from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
   absl_logging.set_verbosity(absl_logging.ERROR)  # orbax's INFO chatter
-  from convert.errors import ConvertError  # pylint: disable=g-import-not-at-top
-  from dapt_jax.pretrained import PretrainedError  # pylint: disable=g-import-not-at-top
+  from dapt_jax import errors  # pylint: disable=g-import-not-at-top
   try:
     (_to_torch if args.to_torch else _to_flax)(args)
-  except (ConvertError, PretrainedError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
+  except errors.UserError as e:  # ConvertError, PretrainedError, ...
+    return errors.report(e)
   except KeyboardInterrupt:
     print('error: interrupted', file=sys.stderr)
     return 130
@@ -124,4 +159,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  status = main()
+  if status:
+    # A failed write may leave the checkpoint library's background threads waiting on barriers
+    # for minutes at interpreter exit; nothing is left to clean up, so end now.
+    from dapt_jax import errors  # pylint: disable=g-import-not-at-top
+    errors.exit_now(status)
+  sys.exit(0)

@@ -1,7 +1,8 @@
 """Errors the converter reports to its user as one line each."""
+from dapt_jax.errors import UserError
 
 
-class ConvertError(Exception):
+class ConvertError(UserError):
   """A user-facing conversion failure; the message is one line, no traceback."""
 
 

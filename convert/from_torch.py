@@ -61,6 +61,10 @@ def convert_checkpoint(src: str, config: str | None = None) -> Conversion:
   Raises:
     ConvertError: with a one-line message; nothing is written.
   """
+  if config is not None:
+    cfg = model_config.load_config(config)
+    if model_config.is_pretrain_config(cfg):
+      return convert_mae_checkpoint(src, config, model_config.mae_model_fields(cfg))
   checkpoint = pth_reader.read_pth(src)
   source = layouts.read_source(checkpoint)
   layout = source.layout
@@ -162,6 +166,83 @@ def convert_checkpoint(src: str, config: str | None = None) -> Conversion:
       'loaded': loaded,
       'ignored': {**source.ignored, **aliased},
       'freshly_initialised': [e.name for e in fresh],
+  }
+  return Conversion({c: unflatten(v) for c, v in out.items()}, report)
+
+
+def convert_mae_checkpoint(src: str, config: str, fields: Mapping[str, Any]) -> Conversion:
+  """A Point-MAE pre-training checkpoint → every variable of the masked autoencoder.
+
+  Strict both ways: each of the file's tensors (after any `module.` prefix) must be one of the
+  autoencoder's (SPEC §6.5: MAE_encoder.*, MAE_decoder.*, decoder_pos_embed.*, increase_dim.*,
+  mask_token) or a BatchNorm step counter, with the model's shape; each of the model's must be in
+  the file.
+
+  Raises:
+    ConvertError: with a one-line message; nothing is written.
+  """
+  checkpoint = pth_reader.read_pth(src)
+  container, state_dict = layouts.find_state_dict(checkpoint)
+  tensors, original = {}, {}
+  for key, value in state_dict.items():
+    plain = layouts._strip_module(key)  # pylint: disable=protected-access
+    if plain in tensors:
+      raise ConvertError(f'two keys become {plain!r} once the {layouts.MODULE_PREFIX!r} prefix is '
+                         'removed')
+    if not isinstance(value, np.ndarray):
+      raise ConvertError(f'state dict entry {key!r} is not a tensor')
+    tensors[plain], original[plain] = value, key
+  shapes = model_config.mae_variable_shapes(fields)
+  try:
+    entries = keymap.mae_entries_for_variables(shapes)
+  except ValueError as e:
+    raise ConvertError(f'internal: {e}') from None
+  by_key = {e.torch_key: e for e in entries}
+  flat_shapes = {c: flatten(shapes.get(c, {})) for c in ('params', 'batch_stats')}
+  counters = set(keymap.mae_batch_norm_counters(fields['depth'], fields['decoder_depth']))
+  out = {'params': {}, 'batch_stats': {}}
+  loaded, ignored = {}, {}
+  for key, value in tensors.items():
+    if key in counters:
+      ignored[original[key]] = 'BatchNorm step counter (no Flax counterpart)'
+      continue
+    entry = by_key.get(key)
+    if entry is None:
+      raise ConvertError(f'source tensor {original[key]} has no destination in the masked '
+                         f'autoencoder of {config}')
+    target = flat_shapes[entry.collection][entry.path]
+    expected = entry.torch_shape(target.shape)
+    if tuple(value.shape) != expected:
+      raise ConvertError(f'shape mismatch for {original[key]} (→ {entry.name}): the checkpoint '
+                         f'has {tuple(value.shape)}, the model needs {expected}')
+    if value.dtype.kind != 'f' and value.dtype.name != 'bfloat16':
+      raise ConvertError(f'{original[key]} has dtype {value.dtype}, expected floating point')
+    out[entry.collection][entry.path] = entry.to_flax(value).astype(target.dtype)
+    loaded[entry.name] = original[key]
+  missing = [e for e in entries if e.name not in loaded]
+  if missing:
+    e = missing[0]
+    more = f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''
+    raise ConvertError(f'missing required tensor {e.torch_key} (for {e.name}, shape '
+                       f'{e.torch_shape(flat_shapes[e.collection][e.path].shape)}){more}; a '
+                       'Point-MAE pre-training checkpoint has all of them')
+  report = {
+      'format': FORMAT,
+      'source': os.path.abspath(src),
+      'source_sha256': sha256(src),
+      'layout': 'point_mae_full',
+      'layout_description': f'Point-MAE pre-training, the whole masked autoencoder (state dict '
+                            f'at {container})',
+      'state_dict_at': container,
+      'config': config,
+      'inferred_fields': [],
+      'task': 'pretrain',
+      'model': dict(fields),
+      'counts': {'loaded': len(loaded), 'ignored': len(ignored), 'freshly_initialised': 0},
+      'fresh_by_part': {},
+      'loaded': loaded,
+      'ignored': ignored,
+      'freshly_initialised': [],
   }
   return Conversion({c: unflatten(v) for c, v in out.items()}, report)
 

@@ -263,3 +263,81 @@ def block_index(torch_key: str) -> int | None:
   """The block number of a release key, or None outside the blocks."""
   m = _BLOCK_KEY.match(torch_key)
   return int(m.group(1)) if m else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Point-MAE's pre-training model (dapt_jax.mae.MaskedAutoencoder) ⇄ its checkpoint's keys
+# (SPEC §6.5). The encoder rows are the classifier's backbone rows under `MAE_encoder.`; the
+# decoder side exists only here. Rows are in the checkpoint's order (own parameter first, then
+# MAE_encoder, decoder_pos_embed, MAE_decoder, increase_dim; per block norm1, norm2, mlp, attn).
+
+DECODER = 'decoder'      # the autoencoder's decoder side: only in a pre-training checkpoint
+
+_PLAIN_BLOCK_ROWS = (
+    ('norm1', 'norm1', LAYER_NORM),
+    ('norm2', 'norm2', LAYER_NORM),
+    ('mlp/fc1', 'mlp.fc1', DENSE),
+    ('mlp/fc2', 'mlp.fc2', DENSE),
+    ('attn/qkv', 'attn.qkv', DENSE_NO_BIAS),
+    ('attn/proj', 'attn.proj', DENSE),
+)
+
+
+def _mae_module_rows(depth: int, decoder_depth: int) -> Iterable[tuple[str, str, str, str]]:
+  yield 'mask_token', 'mask_token', PARAM, DECODER
+  for fpath, tprefix, kind, part in _MODEL_ROWS:
+    if part == BACKBONE:
+      yield fpath, f'MAE_encoder.{tprefix}', kind, part
+  for i in range(depth):
+    for fpath, tprefix, kind in _PLAIN_BLOCK_ROWS:
+      yield f'blocks_{i}/{fpath}', f'MAE_encoder.blocks.blocks.{i}.{tprefix}', kind, BACKBONE
+  yield 'norm', 'MAE_encoder.norm', LAYER_NORM, BACKBONE
+  yield 'decoder_pos_embed/fc1', 'decoder_pos_embed.0', DENSE, DECODER
+  yield 'decoder_pos_embed/fc2', 'decoder_pos_embed.2', DENSE, DECODER
+  for i in range(decoder_depth):
+    for fpath, tprefix, kind in _PLAIN_BLOCK_ROWS:
+      yield f'decoder/blocks_{i}/{fpath}', f'MAE_decoder.blocks.{i}.{tprefix}', kind, DECODER
+  yield 'decoder/norm', 'MAE_decoder.norm', LAYER_NORM, DECODER
+  yield 'increase_dim', 'increase_dim.0', CONV1D, DECODER
+
+
+def mae_entries(depth: int, decoder_depth: int) -> list[Entry]:
+  """Every tensor of a masked autoencoder, in the Point-MAE checkpoint's order."""
+  return [e for row in _mae_module_rows(depth, decoder_depth) for e in _entries_for_module(*row)]
+
+
+def mae_batch_norm_counters(depth: int, decoder_depth: int) -> list[str]:
+  """The checkpoint keys of the patch encoder's BatchNorm step counters."""
+  return [f'{tprefix}.{NUM_BATCHES_TRACKED}'
+          for _, tprefix, kind, _ in _mae_module_rows(depth, decoder_depth)
+          if kind == BATCH_NORM]
+
+
+def is_mae_variables(variables: Mapping[str, Mapping]) -> bool:
+  """Whether a variable tree is a masked autoencoder's (it has the decoder's mask token)."""
+  return 'mask_token' in variables.get('params', {})
+
+
+def mae_entries_for_variables(variables: Mapping[str, Mapping]) -> list[Entry]:
+  """The entries of exactly the leaves of a masked autoencoder's `variables`.
+
+  Raises:
+    ValueError: a leaf the table does not cover, or a table entry the tree lacks.
+  """
+  have = {f'{c}/{p}' for c in ('params', 'batch_stats') for p in flatten(variables.get(c, {}))}
+  depth = 0
+  while f'params/blocks_{depth}/norm1/scale' in have:
+    depth += 1
+  decoder_depth = 0
+  while f'params/decoder/blocks_{decoder_depth}/norm1/scale' in have:
+    decoder_depth += 1
+  entries = mae_entries(depth, decoder_depth)
+  named = {e.name for e in entries}
+  extra = sorted(have - named)
+  if extra:
+    raise ValueError(f'the model has {extra[0]} which the Point-MAE key map does not cover'
+                     + (f' (and {len(extra) - 1} more)' if len(extra) > 1 else ''))
+  missing = [e.name for e in entries if e.name not in have]
+  if missing:
+    raise ValueError(f'the model lacks {missing[0]} which the Point-MAE key map expects')
+  return entries

@@ -146,3 +146,49 @@ def variable_shapes(fields: Mapping[str, Any]) -> dict[str, dict]:
   num_points = max(net.num_group, net.group_size)
   return jax.eval_shape(lambda k: model_lib.init_variables(net, k, num_points=num_points),
                         jax.random.key(0))
+
+
+# ---------------------------------------------------------------------------------------------
+# The masked autoencoder (pre-training configs: `config.task == 'pretrain'`).
+
+
+def _field(obj: Any, name: str) -> Any:
+  if isinstance(obj, Mapping):
+    return obj.get(name)
+  return getattr(obj, name, None)
+
+
+def is_pretrain_config(cfg: Any) -> bool:
+  """Whether a config (or its model section / fields) describes the masked autoencoder."""
+  if _field(cfg, 'task') == 'pretrain':
+    return True
+  section = _field(cfg, 'model')
+  return _field(cfg if section is None else section, 'decoder_depth') is not None
+
+
+def mae_model_fields(cfg: Any) -> dict[str, Any]:
+  """A pre-training config's `model` section (or a mapping of its fields) as a JSON-able dict."""
+  from dapt_jax import mae  # pylint: disable=g-import-not-at-top
+  section = _field(cfg, 'model')
+  section = cfg if section is None else section
+  out = {}
+  for field in mae.MODEL_FIELDS:
+    try:
+      value = section[field] if isinstance(section, Mapping) else getattr(section, field)
+    except (KeyError, AttributeError):
+      raise ConvertError(f'the pre-training config has no model.{field}') from None
+    out[field] = list(value) if isinstance(value, (tuple, list)) else value
+  return out
+
+
+def mae_variable_shapes(fields: Mapping[str, Any]) -> dict[str, dict]:
+  """{'params', 'batch_stats'} of jax.ShapeDtypeStruct for the autoencoder `fields` describe."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from dapt_jax import mae  # pylint: disable=g-import-not-at-top
+  try:
+    net = mae.build_model(fields)
+  except ValueError as e:
+    raise ConvertError(f'config: {e}') from None
+  num_points = max(net.num_group, net.group_size)
+  return jax.eval_shape(lambda k: mae.init_variables(net, k, num_points=num_points),
+                        jax.random.key(0))

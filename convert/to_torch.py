@@ -118,3 +118,62 @@ def write_pth(state_dict: Mapping[str, Any], dst: str, force: bool) -> None:
   finally:
     if os.path.exists(tmp):
       os.remove(tmp)
+
+
+# ---------------------------------------------------------------------------------------------
+# The masked autoencoder → Point-MAE's pre-training checkpoint layout (SPEC §6.5).
+
+
+def mae_variables_to_arrays(variables: Mapping[str, Mapping],
+                            fields: Mapping[str, Any] | None) -> collections.OrderedDict:
+  """{checkpoint key: numpy array} for all 209 entries of Point-MAE's `base_model`, in its order
+  (203 parameters, float32; BatchNorm statistics; `num_batches_tracked` as 0-d int64 zeros).
+
+  Args:
+    variables: {'params', 'batch_stats'} of a complete autoencoder.
+    fields: its model fields (checked against the shapes), or None to take the shapes as given.
+  Raises:
+    ConvertError: a variable is missing, unexpected, or has the wrong shape.
+  """
+  try:
+    entries = keymap.mae_entries_for_variables(variables)
+  except ValueError as e:
+    raise ConvertError(f'not a complete masked autoencoder: {e}') from None
+  have = {c: flatten(variables.get(c, {})) for c in ('params', 'batch_stats')}
+  want = None
+  if fields is not None:
+    shapes = model_config.mae_variable_shapes(fields)
+    want = {c: flatten(shapes.get(c, {})) for c in ('params', 'batch_stats')}
+  out = collections.OrderedDict()
+  for e in entries:
+    value = np.asarray(have[e.collection][e.path])
+    if want is not None:
+      if e.path not in want[e.collection]:
+        raise ConvertError(f'{e.name} is not a variable of the configured model')
+      if value.shape != want[e.collection][e.path].shape:
+        raise ConvertError(f'{e.name} has shape {value.shape}, the model needs '
+                           f'{want[e.collection][e.path].shape}')
+    out[e.torch_key] = e.to_torch(value.astype(np.float32))
+    if e.kind == keymap.BATCH_NORM and e.path.endswith('/var'):
+      counter = e.torch_key[:-len('running_var')] + keymap.NUM_BATCHES_TRACKED
+      out[counter] = np.array(0, np.int64)
+  return out
+
+
+def mae_fields_for(src_dir: str, config: str | None) -> dict[str, Any] | None:
+  """The autoencoder's model fields: `--config`, the workdir's config.json, or the report's;
+  None when none of them describes an autoencoder (the shapes are then taken as stored)."""
+  if config is not None:
+    cfg = model_config.load_config(config)
+    if not model_config.is_pretrain_config(cfg):
+      raise ConvertError(f'--config {config} is not a pre-training config, but {src_dir} holds '
+                         'a masked autoencoder')
+    return model_config.mae_model_fields(cfg)
+  for name in ('config.json', pretrained.REPORT_FILE):
+    path = os.path.join(src_dir, name)
+    if os.path.isfile(path):
+      with open(path) as f:
+        recorded = json.load(f)
+      if model_config.is_pretrain_config(recorded):
+        return model_config.mae_model_fields(recorded)
+  return None

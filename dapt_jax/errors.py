@@ -1,6 +1,96 @@
-"""The one exception type for user mistakes (bad config, file, flag): entry points print its
-message as a single `error: ...` line and exit with status 2."""
+"""User mistakes versus bugs, and how every command-line entry point reports them.
+
+Every exception a user can cause and fix (a bad config field, a missing file, a busy workdir)
+derives from `UserError`; its message is one line that names the field or file and the fix. An
+entry point (main.py, `python -m convert`, `python -m dapt_jax.bench`, any new CLI) runs its body
+through `run_cli` (or catches `UserError` and calls `report`), so the user sees
+
+    error: <message>
+
+on stderr and the process ends with `EXIT_USER_ERROR` (2), without a traceback. Anything else is
+a bug and keeps its traceback. `DAPT_JAX_DEBUG=1` in the environment adds the traceback to user
+errors too. This module imports nothing heavy (no JAX), so parsers can use it before JAX loads.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from typing import Any, Callable, NoReturn, Optional
+
+EXIT_USER_ERROR = 2  # a user mistake: one `error:` line, nothing written
+EXIT_PREEMPTED = 3   # training stopped on SIGTERM after saving; re-run the command to resume
+DEBUG_ENV = 'DAPT_JAX_DEBUG'  # set to 1 for tracebacks of user errors as well
 
 
 class UserError(Exception):
-  """A mistake the user can fix; the message is one line naming the field or file."""
+  """A mistake the user can fix; the message is one line naming the field/file and the fix."""
+
+
+def debug() -> bool:
+  """Whether user errors should also print their traceback (DAPT_JAX_DEBUG=1)."""
+  return os.environ.get(DEBUG_ENV, '').strip().lower() not in ('', '0', 'false', 'no')
+
+
+def one_line(e: BaseException) -> str:
+  """The first non-empty line of an exception's message (its type name if it has none)."""
+  for line in str(e).splitlines():
+    if line.strip():
+      return line.strip()
+  return type(e).__name__
+
+
+def _flush() -> None:
+  for stream in (sys.stdout, sys.stderr):
+    try:
+      stream.flush()
+    except (OSError, ValueError):
+      pass
+
+
+def exit_now(code: int) -> NoReturn:
+  """Ends the process at once with `code`, skipping interpreter exit handlers.
+
+  After a failed save or restore, background threads of the checkpoint library may still wait
+  on barriers or event loops; a normal exit would then hang for minutes or print their
+  tracebacks. A user error has nothing left to clean up, so the process just ends.
+  """
+  _flush()
+  os._exit(code)  # pylint: disable=protected-access
+
+
+def report(e: BaseException) -> int:
+  """Prints `error: <first line>` (plus the traceback with DAPT_JAX_DEBUG=1); returns 2."""
+  if debug():
+    traceback.print_exception(type(e), e, e.__traceback__, file=sys.stderr)
+  print(f'error: {one_line(e)}', file=sys.stderr, flush=True)
+  return EXIT_USER_ERROR
+
+
+def fail(message: str) -> NoReturn:
+  """Reports a user mistake found by an entry point itself and exits with status 2."""
+  print(f'error: {message}', file=sys.stderr, flush=True)
+  exit_now(EXIT_USER_ERROR)
+
+
+def run_cli(fn: Callable[..., Optional[int]], *args: Any, exit: bool = True,  # pylint: disable=redefined-builtin
+            **kwargs: Any) -> int:
+  """Runs an entry point's body; a `UserError` becomes one `error:` line and status 2.
+
+  `fn` returns None (success) or an exit status. With `exit` (the default, for `__main__`) the
+  process ends with that status (at once for a user error: see `exit_now`); otherwise the status
+  is returned, for in-process callers such as tests.
+  """
+  try:
+    result = fn(*args, **kwargs)
+    code = 0 if result is None else int(result)
+  except UserError as e:
+    code = report(e)
+    if exit:
+      exit_now(code)
+  except KeyboardInterrupt:
+    print('error: interrupted', file=sys.stderr, flush=True)
+    code = 130
+  if exit:
+    sys.exit(code)
+  return code

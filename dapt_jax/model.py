@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from dapt_jax import errors
 from dapt_jax import layers
 from dapt_jax import tokenizer
 from dapt_jax import transformer
@@ -21,7 +22,7 @@ MODEL_FIELDS = ('trans_dim', 'depth', 'num_heads', 'mlp_ratio', 'encoder_dims', 
                 'head_tokens', 'freeze_bn_stats', 'dtype')
 
 
-class ModelConfigError(ValueError):
+class ModelConfigError(errors.UserError, ValueError):
   """A model config that cannot build a model; the message is one line naming the field."""
 
 
@@ -43,8 +44,7 @@ class ClassifierHead(nn.Module):
       f = nn.relu(f)
       f = nn.Dropout(self.dropout_rate, deterministic=not train)(f)
     logits = layers.torch_dense(self.num_classes, f.shape[-1], 'fc3', self.dtype)(f)
-    # float32 for float32/bfloat16 compute; float64 under x64 (exact parity tests).
-    return logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
+    return layers.at_least_float32(logits)
 
 
 class DAPTClassifier(nn.Module):
@@ -75,7 +75,8 @@ class DAPTClassifier(nn.Module):
     return tokenizer.group_points(points, self.num_group, self.group_size)
 
   def __call__(self, points: Array, train: bool = False) -> Array:
-    """points: [B, N, 3] float32 → logits [B, num_classes] float32."""
+    """points: [B, N, 3] float32 → logits [B, num_classes] float32 (float64 for dtype float64)."""
+    points = points.astype(jnp.promote_types(points.dtype, self.dtype))  # float64 model: FPS too
     neighborhood, centers = self.tokenize(points)
     return self.from_groups(neighborhood, centers, train)
 
@@ -159,9 +160,11 @@ def build_model(cfg: Any, axis_name: Optional[str] = None) -> DAPTClassifier:
   for f in ('drop_path_rate', 'drop_adapter_rate'):
     if not 0.0 <= float(v[f]) < 1.0:
       raise ModelConfigError(f'model.{f}={v[f]!r}: must be in [0, 1)')
-  dtypes = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+  dtypes = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float64': jnp.float64}
   if v['dtype'] not in dtypes:
     raise ModelConfigError(f"model.dtype={v['dtype']!r}: must be one of {sorted(dtypes)}")
+  if v['dtype'] == 'float64' and not jax.config.jax_enable_x64:
+    raise ModelConfigError("model.dtype='float64' needs 64-bit JAX: set JAX_ENABLE_X64=1")
   # Keep the tokens in the order the head concatenates them, whatever order the config lists.
   head_tokens = tuple(t for t in HEAD_TOKENS if t in head_tokens)
   if optional['peft'] != 'dapt':  # the other PEFT methods, on Point-MAE's plain backbone
@@ -188,7 +191,7 @@ def init_variables(net: DAPTClassifier, key: jax.Array, num_points: int,
   """Initial {'params', 'batch_stats'} for a cloud of `num_points` points.
 
   Runs the tokenizer on a dummy cloud, so `num_points` must be at least `num_group` and
-  `group_size`.
+  `group_size`. Variables are float32 (float64 when the model's dtype is float64).
   """
   if num_points < max(net.num_group, net.group_size):
     raise ModelConfigError(
@@ -198,4 +201,7 @@ def init_variables(net: DAPTClassifier, key: jax.Array, num_points: int,
   dummy = jax.random.normal(data_key, (batch_size, num_points, 3), jnp.float32)
   variables = jax.jit(net.init, static_argnames='train')(
       {'params': params_key, 'dropout': dropout_key}, dummy, train=False)
-  return {'params': variables['params'], 'batch_stats': variables['batch_stats']}
+  variables = {'params': variables['params'], 'batch_stats': variables['batch_stats']}
+  if net.dtype == jnp.float64:  # float64 checks: parameters and statistics in float64 as well
+    variables = jax.tree.map(lambda x: x.astype(jnp.float64), variables)
+  return variables

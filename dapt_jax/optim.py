@@ -30,10 +30,10 @@ def epoch_learning_rate(epoch: int, base_lr: float, epochs: int, warmup_epochs: 
 
 def make_schedule(opt_cfg: Any, num_epochs: int, steps_per_epoch: int) -> optax.Schedule:
   """A per-step schedule that is constant within an epoch, following `epoch_learning_rate`."""
-  table = jnp.asarray([
+  table = jnp.asarray([  # float32 (float64 under 64-bit JAX, for the checks against the reference)
       epoch_learning_rate(e, opt_cfg.lr, num_epochs, opt_cfg.warmup_epochs,
                           opt_cfg.warmup_lr_init, opt_cfg.min_lr)
-      for e in range(num_epochs + 2)], jnp.float32)
+      for e in range(num_epochs + 2)])
 
   def schedule(step):
     epoch = jnp.minimum(step // steps_per_epoch, table.shape[0] - 1)
@@ -44,6 +44,18 @@ def make_schedule(opt_cfg: Any, num_epochs: int, steps_per_epoch: int) -> optax.
 
 def _path_str(path) -> str:
   return '/'.join(str(getattr(k, 'key', getattr(k, 'name', k))) for k in path)
+
+
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
+  """Global-norm clipping as the release's `torch.nn.utils.clip_grad_norm_` does it: gradients
+  times min(1, max_norm / (norm + 1e-6)) (optax's own clipping has no 1e-6)."""
+
+  def update_fn(updates, state, params=None):
+    del params
+    coef = jnp.minimum(max_norm / (optax.tree.norm(updates) + 1e-6), 1.0)
+    return jax.tree.map(lambda g: g * coef.astype(g.dtype), updates), state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
 
 
 def decay_mask(params: Any) -> Any:
@@ -69,7 +81,7 @@ def make_optimizer(opt_cfg: Any, labels: Mapping[str, Any], schedule: optax.Sche
   if opt_cfg.clip_grad_norm:
     # Clipping sees only the trainable leaves, as the release clips the parameters that have
     # gradients.
-    trainable.append(optax.clip_by_global_norm(opt_cfg.clip_grad_norm))
+    trainable.append(clip_by_global_norm(opt_cfg.clip_grad_norm))
   trainable.append(optax.adamw(schedule, b1=opt_cfg.b1, b2=opt_cfg.b2, eps=opt_cfg.eps,
                                weight_decay=opt_cfg.weight_decay, mask=decay_mask))
   return optax.partition(

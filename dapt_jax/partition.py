@@ -13,6 +13,8 @@ from typing import Any, Iterable, Mapping, Sequence, Tuple
 
 from flax import traverse_util
 
+from dapt_jax import errors
+
 TRAINABLE = 'trainable'
 FROZEN = 'frozen'
 LABELS = (TRAINABLE, FROZEN)
@@ -65,7 +67,7 @@ def rules_for(config: Any) -> Rules:
   return METHOD_RULES[method]
 
 
-class PartitionError(ValueError):
+class PartitionError(errors.UserError, ValueError):
   """A parameter matched no rule, or a rule is malformed; the message names it."""
 
 

@@ -19,13 +19,14 @@ from typing import Any, Mapping
 import jax.numpy as jnp
 import numpy as np
 
+from dapt_jax import errors
 from dapt_jax import partition
 
 REPORT_FILE = 'report.json'
 COLLECTIONS = ('params', 'batch_stats')
 
 
-class PretrainedError(ValueError):
+class PretrainedError(errors.UserError, ValueError):
   """A converted checkpoint that cannot be read or does not fit the model; one-line message."""
 
 
@@ -52,6 +53,12 @@ def save_converted(path: str | os.PathLike, variables: Mapping[str, Mapping], re
     raise PretrainedError(f'{parent}: no such directory')
   tmp = os.path.join(parent, f'.{os.path.basename(dst)}.converting-{os.getpid()}')
   shutil.rmtree(tmp, ignore_errors=True)
+  try:  # before orbax starts: a failed write inside it leaves threads waiting on barriers
+    os.mkdir(tmp)
+    os.rmdir(tmp)
+  except OSError as e:
+    raise PretrainedError(f'cannot write {dst}: {parent} is not writable '
+                          f'({e.strerror or e})') from None
   tree = {c: {k: v for k, v in variables.get(c, {}).items()} for c in COLLECTIONS}
   # orbax cannot store an empty collection; load_converted restores it as {}.
   tree = {c: v for c, v in tree.items() if v}
@@ -92,10 +99,11 @@ def load_report(path: str | os.PathLike) -> dict | None:
     raise PretrainedError(f'{report}: unreadable ({e})') from None
 
 
-def load_converted(path: str | os.PathLike) -> dict[str, dict]:
+def load_converted(path: str | os.PathLike, workdir_checkpoint: str = 'best') -> dict[str, dict]:
   """Restores a converted checkpoint: {'params': nested dict, 'batch_stats': nested dict}.
 
-  `path` may also be a training workdir (main.py's --workdir): its best checkpoint is read.
+  `path` may also be a training workdir (main.py's --workdir): its `workdir_checkpoint` save is
+  read ('best', else the last; or 'last').
 
   Leaves are numpy arrays; a collection the checkpoint does not hold comes back empty.
 
@@ -108,7 +116,7 @@ def load_converted(path: str | os.PathLike) -> dict[str, dict]:
   from dapt_jax import checkpoints  # pylint: disable=g-import-not-at-top
   if checkpoints.is_workdir(src):  # a training run: its best (else last) checkpoint
     try:
-      variables, _ = checkpoints.workdir_variables(src)
+      variables, _ = checkpoints.workdir_variables(src, workdir_checkpoint)
     except checkpoints.CheckpointError as e:
       raise PretrainedError(str(e)) from None
     return {c: dict(variables.get(c, {})) for c in COLLECTIONS}
@@ -131,10 +139,12 @@ def merge_pretrained(variables: Mapping[str, Mapping],
 
   Every loaded leaf must exist in `variables` with the same shape; leaves not loaded keep their
   initial values. Loaded values are cast to the variable's dtype (numpy leaves stay numpy).
+  The one allow-list: the masked autoencoder's decoder side (`mae.PRETRAIN_ONLY_PREFIXES`), which
+  a pre-trained backbone carries and a fine-tuning model lacks, is set aside as 'ignored'.
 
   Returns:
-    (merged variables, report) where report = {'loaded': [...], 'freshly_initialised': [...]},
-    each a sorted list of `collection/path` names.
+    (merged variables, report) where report = {'loaded': [...], 'freshly_initialised': [...],
+    'ignored': [...]}, each a sorted list of `collection/path` names.
   Raises:
     PretrainedError: a loaded leaf the model lacks, or a shape mismatch (names the path and both
       shapes).
@@ -142,10 +152,14 @@ def merge_pretrained(variables: Mapping[str, Mapping],
   unknown = sorted(set(loaded) - set(COLLECTIONS))
   if unknown:
     raise PretrainedError(f'converted checkpoint has an unknown collection {unknown[0]!r}')
-  merged, loaded_names, fresh_names = {}, [], []
+  from dapt_jax import mae  # pylint: disable=g-import-not-at-top
+  merged, loaded_names, fresh_names, ignored_names = {}, [], [], []
   for collection in sorted(set(variables) | set(COLLECTIONS)):
     target = partition.flatten(variables.get(collection, {}))
     source = partition.flatten(loaded.get(collection, {}))
+    pretrain_only = sorted(n for n in set(source) - set(target) if mae.is_pretrain_only(n))
+    ignored_names += [f'{collection}/{n}' for n in pretrain_only]
+    source = {n: v for n, v in source.items() if n not in pretrain_only}
     extra = sorted(set(source) - set(target))
     if extra:
       more = f' (and {len(extra) - 1} more)' if len(extra) > 1 else ''
@@ -169,5 +183,6 @@ def merge_pretrained(variables: Mapping[str, Mapping],
         fresh_names.append(f'{collection}/{name}')
     if target or collection in variables:
       merged[collection] = partition.unflatten(out) if out else {}
-  report = {'loaded': sorted(loaded_names), 'freshly_initialised': sorted(fresh_names)}
+  report = {'loaded': sorted(loaded_names), 'freshly_initialised': sorted(fresh_names),
+            'ignored': sorted(ignored_names)}
   return merged, report

@@ -14,12 +14,19 @@ CURVES_FILE = 'curves.png'
 
 class MetricWriter:
   """Appends `{'step', 'epoch', 'split', ...metrics}` lines to metrics.jsonl and writes the same
-  scalars as TensorBoard events under `tensorboard/`. Only process 0 writes."""
+  scalars as TensorBoard events under `tensorboard/`. Only process 0 writes.
 
-  def __init__(self, workdir: str):
+  `resume_step`: the step a resumed run restarts from; rows written after it (by the run that
+  was interrupted, and about to be redone) are dropped, so metrics.jsonl keeps one row per step
+  and split after any number of resumes.
+  """
+
+  def __init__(self, workdir: str, resume_step: Optional[int] = None):
     self.enabled = jax.process_index() == 0
     self.path = os.path.join(workdir, METRICS_FILE)
     self._tb = None
+    if self.enabled and resume_step is not None:
+      drop_rows_after(workdir, resume_step)
     if self.enabled:
       try:
         from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
@@ -44,6 +51,30 @@ class MetricWriter:
   def close(self) -> None:
     if self._tb is not None:
       self._tb.close()
+
+
+def drop_rows_after(workdir: str, step: int) -> int:
+  """Removes the rows of metrics.jsonl past `step` (atomically); returns how many went."""
+  path = os.path.join(workdir, METRICS_FILE)
+  if not os.path.exists(path):
+    return 0
+  with open(path) as f:
+    lines = [line for line in f if line.strip()]
+  keep = []
+  for line in lines:
+    try:
+      if int(json.loads(line)['step']) > step:
+        continue
+    except (ValueError, KeyError, TypeError):  # a line cut short by a kill: drop it too
+      continue
+    keep.append(line if line.endswith('\n') else line + '\n')
+  if len(keep) == len(lines):
+    return 0
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    f.writelines(keep)
+  os.replace(tmp, path)
+  return len(lines) - len(keep)
 
 
 def read_metrics(workdir: str) -> list[dict]:

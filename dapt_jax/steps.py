@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from dapt_jax import optim
@@ -155,12 +156,14 @@ class DataParallel:
     return jax.tree.map(_local_copy, metrics)
 
   def gather(self, x: Any) -> np.ndarray:
-    """Per-device outputs (sharded along the batch) → host array in global batch order."""
-    if self.mode == 'pmap':
-      x = np.asarray(jax.device_get(x))
-      return x.reshape((-1,) + x.shape[2:])
-    return np.asarray(jax.experimental.multihost_utils.process_allgather(x, tiled=True)
-                      if jax.process_count() > 1 else x)
+    """Per-device outputs (sharded along the batch), or this host's numpy part of a batch, →
+    the host array of the whole global batch, in global batch order, on every host."""
+    if self.mode == 'pmap' and not isinstance(x, np.ndarray):
+      x = np.asarray(jax.device_get(x))  # this host's devices only: [local devices, b, ...]
+      x = x.reshape((-1,) + x.shape[2:])
+    if jax.process_count() > 1:  # host p holds the p-th contiguous part of the global batch
+      x = multihost_utils.process_allgather(x, tiled=True)
+    return np.asarray(x)
 
   # -- wrapping steps -------------------------------------------------------------------------
 

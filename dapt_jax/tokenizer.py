@@ -37,7 +37,7 @@ def farthest_point_sample(points: Array, num_samples: int) -> Array:
   Returns:
     [B, G] int32 indices into the N points.
   """
-  points = points.astype(jnp.float32)
+  points = layers.at_least_float32(points)
   batch, n, _ = points.shape
   eligible = jnp.sum(points * points, axis=-1) > FPS_MIN_SQUARED_NORM  # [B, N]
   x, y, z = points[..., 0], points[..., 1], points[..., 2]
@@ -56,7 +56,7 @@ def farthest_point_sample(points: Array, num_samples: int) -> Array:
     return indices, dist, nxt
 
   indices = jnp.zeros((batch, num_samples), jnp.int32)
-  dist = jnp.where(eligible, FPS_INITIAL_DISTANCE, -1.0).astype(jnp.float32)
+  dist = jnp.where(eligible, FPS_INITIAL_DISTANCE, -1.0).astype(points.dtype)
   last = jnp.zeros((batch,), jnp.int32)
   indices, _, _ = jax.lax.fori_loop(1, num_samples, body, (indices, dist, last))
   return indices
@@ -99,7 +99,7 @@ def group_points(points: Array, num_group: int, group_size: int) -> tuple[Array,
   Returns:
     neighborhood [B, G, K, 3] (relative to the centres) and centers [B, G, 3].
   """
-  points = points.astype(jnp.float32)
+  points = layers.at_least_float32(points)
   center_idx = farthest_point_sample(points, num_group)
   centers = gather_points(points, center_idx)
   neighborhood, _ = knn_group(points, centers, group_size)

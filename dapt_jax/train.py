@@ -1,4 +1,4 @@
-"""Fine-tuning, evaluation and prediction entry points used by main.py.
+"""Fine-tuning and evaluation entry points used by main.py (prediction: `dapt_jax.predict`).
 
 `train_and_evaluate` reads top to bottom: model → optimizer → state → data → step functions →
 loop → eval → checkpoint.
@@ -20,6 +20,7 @@ import numpy as np
 
 from dapt_jax import checkpoints as ckpt_lib
 from dapt_jax import data as data_lib
+from dapt_jax import errors
 from dapt_jax import evaluate as eval_lib
 from dapt_jax import model as model_lib
 from dapt_jax import optim
@@ -28,7 +29,6 @@ from dapt_jax import pretrained
 from dapt_jax import reporting
 from dapt_jax import steps as steps_lib
 from dapt_jax import tasks
-from dapt_jax.data import augment
 
 log = logging.getLogger('dapt_jax')
 
@@ -38,7 +38,7 @@ RESUMABLE_FIELDS = ('overwrite', 'max_steps', 'progress_bar', 'eval', 'log_every
                     'init_from', 'checkpoint')
 
 
-class TrainingError(RuntimeError):
+class TrainingError(errors.UserError, RuntimeError):
   """A run that cannot start or go on; the message is one line for the user."""
 
 
@@ -50,29 +50,56 @@ def _config_dict(config: ml_collections.ConfigDict) -> dict:
   return json.loads(config.to_json_best_effort())
 
 
-def _check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Refuses a workdir holding a run of a different config, unless config.overwrite."""
+def _check_workdir(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
+  """Refuses a workdir holding a run of a different config, unless config.overwrite.
+
+  Reads only. Returns the fields that differ ([] for a new workdir or the same run).
+  """
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    return []
+  try:
+    with open(path) as f:
+      previous = json.load(f)
+  except (OSError, ValueError) as e:
+    raise TrainingError(f'{path}: unreadable ({errors.one_line(e)}); use another --workdir, or '
+                        '--config.overwrite=True to replace the run in it') from None
+  current = _config_dict(config)
+  strip = lambda d: {k: v for k, v in d.items() if k not in RESUMABLE_FIELDS}
+  diff = sorted(k for k in set(strip(previous)) | set(strip(current))
+                if strip(previous).get(k) != strip(current).get(k))
+  if diff and not config.overwrite:
+    raise TrainingError(
+        f'{workdir} holds a run of a different config (differs in: {", ".join(diff)}); '
+        'use another --workdir, or --config.overwrite=True to replace it')
+  return diff
+
+
+# What a run writes into its workdir; --config.overwrite=True removes all of it.
+RUN_OUTPUTS = ('checkpoints', reporting.METRICS_FILE, reporting.METRICS_FILE + '.tmp',
+               'tensorboard', reporting.CURVES_FILE, CONFIG_FILE, CONFIG_FILE + '.tmp',
+               'eval_*.json', 'predictions_*.npz', 'classes.json', 'predictions.csv')
+
+
+def _claim_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Writes config.json, after replacing a different run's outputs (config.overwrite).
+
+  Called once the model, data and state are ready, so a run refused before leaves the workdir
+  as it found it.
+  """
+  diff = _check_workdir(config, workdir)
+  if diff and jax.process_index() == 0:
+    import glob  # pylint: disable=g-import-not-at-top
+    log.warning('Replacing the run in %s (config differs in: %s)', workdir, ', '.join(diff))
+    for pattern in RUN_OUTPUTS:
+      for target in glob.glob(os.path.join(glob.escape(workdir), pattern)):
+        if os.path.isdir(target):
+          shutil.rmtree(target)
+        else:
+          os.remove(target)
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, CONFIG_FILE)
   current = _config_dict(config)
-  if os.path.exists(path):
-    with open(path) as f:
-      previous = json.load(f)
-    strip = lambda d: {k: v for k, v in d.items() if k not in RESUMABLE_FIELDS}
-    if strip(previous) != strip(current):
-      diff = sorted(k for k in set(strip(previous)) | set(strip(current))
-                    if strip(previous).get(k) != strip(current).get(k))
-      if not config.overwrite:
-        raise TrainingError(
-            f'{workdir} holds a run of a different config (differs in: {", ".join(diff)}); '
-            'use another --workdir, or --config.overwrite=True to replace it')
-      log.warning('Replacing the run in %s (config differs in: %s)', workdir, ', '.join(diff))
-      for name in ('checkpoints', reporting.METRICS_FILE, 'tensorboard', reporting.CURVES_FILE):
-        target = os.path.join(workdir, name)
-        if os.path.isdir(target):
-          shutil.rmtree(target)
-        elif os.path.exists(target):
-          os.remove(target)
   if jax.process_index() == 0:
     tmp = path + '.tmp'
     with open(tmp, 'w') as f:
@@ -158,7 +185,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   Returns a summary: final and best accuracy, steps, whether it stopped early.
   """
-  _check_workdir(config, workdir)
+  config = data_lib.classes.fit_to_data(config)  # folder data: prepared, num_classes set
+  _check_workdir(config, workdir)  # reads only: nothing is written before the run is set up
   log.info('Devices: %d (%s), processes: %d', jax.device_count(), jax.devices()[0].platform,
            jax.process_count())
   task = tasks.get_task(config)
@@ -170,7 +198,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # Data (prepared on first use; clear errors for missing or bad files).
   train_source, eval_source, eval_info = task.sources()
   loader = data_lib.TrainLoader(train_source, config.batch_size, config.seed,
-                                jax.process_index(), jax.process_count())
+                                jax.process_index(), jax.process_count(),
+                                shuffle=config.data.shuffle)
   steps_per_epoch = loader.steps_per_epoch
   log.info('Data %s: %d train / %d %s samples, %d steps per epoch of %d', config.data.name,
            len(train_source), len(eval_source), config.data.eval_split, steps_per_epoch,
@@ -183,6 +212,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   state = jax.tree.map(np.asarray, state)
 
   # Checkpoints: resume when there is one.
+  _claim_workdir(config, workdir)
+  if jax.process_index() == 0 and eval_info.class_names:  # what --mode=predict labels outputs with
+    data_lib.classes.write(workdir, eval_info.class_names)
   ckpts = ckpt_lib.Checkpoints(workdir, config.checkpoint.keep)
   meta = {'epoch': 0, 'loader': loader.get_state(), 'best_value': None, 'best_epoch': -1}
   if ckpts.latest_step() is not None:
@@ -200,7 +232,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   parallel = steps_lib.DataParallel(config.parallel, config.batch_size)
   train_step, eval_step = steps_lib.make_task_steps(parallel, task, net, tx)
   state_dev = parallel.put_state(state)
-  writer = reporting.MetricWriter(workdir)
+  writer = reporting.MetricWriter(workdir, resume_step=int(state.step))
 
   last_epoch = config.num_epochs  # the release runs epochs 0..num_epochs inclusive
   total_steps = (last_epoch + 1) * steps_per_epoch
@@ -267,7 +299,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             if is_best:
               best = {'value': scalars[task.best_metric], 'epoch': epoch}
             scalars[f'best_{task.best_metric}'] = best['value']
-          writer.write('eval', step, epoch, scalars)
+          scalars['num_samples'] = last_eval.get('num_samples')  # each sample counted once
+          writer.write('eval', step, epoch, {k: v for k, v in scalars.items() if v is not None})
           log.info('epoch %d: eval %s%s', epoch, task.describe(last_eval),
                    f"; best {task.best_metric} {best['value']:.4f} (epoch {best['epoch']})"
                    if task.best_metric is not None else '')
@@ -309,11 +342,16 @@ def _variables_for_eval(config, workdir, net, variables, labels):
   if workdir and ckpt_lib.is_workdir(workdir):
     try:
       loaded, step = ckpt_lib.workdir_variables(workdir, 'best')
+      which, _ = ckpt_lib.find_checkpoint(workdir, 'best')
     except ckpt_lib.CheckpointError:
       loaded = None
     if loaded is not None:
       variables, _ = pretrained.merge_pretrained(variables, loaded)
-      return variables, f'{workdir} (step {step})'
+      if which == 'best':
+        return variables, f'{workdir} (best checkpoint, step {step})'
+      log.warning('%s has no best checkpoint (no evaluation saved one yet): evaluating its last '
+                  'checkpoint, step %d.', workdir, step)
+      return variables, f'{workdir} (no best checkpoint: the last one, step {step})'
   if config.init_from:
     return variables, config.init_from
   raise TrainingError(f'nothing to evaluate: {workdir} has no checkpoint and no '
@@ -325,6 +363,7 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   The metrics dict also carries 'split', 'votes', 'checkpoint' and 'description' (one line).
   """
+  config = data_lib.classes.fit_to_data(config)
   task = tasks.get_task(config)
   net, variables, labels = build(config, task)
   variables, origin = _variables_for_eval(config, workdir, net, variables, labels)
@@ -345,38 +384,3 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
     np.savez(os.path.join(workdir, f'predictions_{split}.npz'),
              **task.saved_predictions(outputs, host))
   return metrics
-
-
-def predict_file(config: ml_collections.ConfigDict, workdir: str, input_path: str,
-                 k: int = 5) -> list[tuple[str, float]]:
-  """--mode=predict: the top-k classes with probabilities for one cloud file."""
-  points = eval_lib.read_cloud(input_path)
-  net, variables, labels = build(config)
-  variables, _ = _variables_for_eval(config, workdir, net, variables, labels)
-  class_names = _class_names(config, workdir)
-  pts = eval_lib.fit_points(points, config.data.num_points)
-  single = net.clone(axis_name=None)
-
-  @jax.jit
-  def run(variables, pts):
-    return single.apply(variables, augment.eval_view(pts[None], config.data.num_points),
-                        train=False)[0]
-
-  logits = np.asarray(run(variables, pts))
-  return eval_lib.top_k(logits, class_names, k)
-
-
-def _class_names(config, workdir) -> list[str]:
-  """Class names without preparing the dataset when the workdir already knows them."""
-  for split in ('test', 'train'):
-    path = os.path.join(workdir or '', f'eval_{split}.json')
-    if os.path.exists(path):
-      with open(path) as f:
-        names = json.load(f).get('class_names')
-      if names:
-        return names
-  try:
-    _, info = data_lib.get_source(config.data, config.data.eval_split)
-    return list(info.class_names)
-  except data_lib.DataError:
-    return [f'class {i}' for i in range(config.model.num_classes)]

@@ -49,8 +49,7 @@ class Attention(nn.Module):
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]          # [B, T, H, D]
     scale = (c // h) ** -0.5
     logits = jnp.einsum('bqhd,bkhd->bhqk', q, k) * scale
-    weights = jax.nn.softmax(logits.astype(jnp.promote_types(logits.dtype, jnp.float32)),
-                             axis=-1).astype(v.dtype)
+    weights = jax.nn.softmax(layers.at_least_float32(logits), axis=-1).astype(v.dtype)
     out = jnp.einsum('bhqk,bkhd->bqhd', weights, v).reshape(b, t, c)
     out = make_dense(c, 'proj', self.dtype, kernel_init=self.kernel_init)(out)
     return _scale_shift(self.scale_shift, 'proj_tfts', out)

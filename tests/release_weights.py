@@ -56,8 +56,8 @@ def module_table(depth):
   return rows
 
 
-def torch_to_flax(state_dict, depth):
-  """{release key: tensor} → {'params': ..., 'batch_stats': ...} (numpy float32)."""
+def torch_to_flax(state_dict, depth, dtype=np.float32):
+  """{release key: tensor} → {'params': ..., 'batch_stats': ...} (numpy, float32 by default)."""
   sd = {k: v.detach().cpu().numpy() for k, v in state_dict.items()}
   params, stats = {}, {}
   params['cls_token'] = sd['cls_token']
@@ -85,7 +85,7 @@ def torch_to_flax(state_dict, depth):
       prefix, _, suffix = tkey.partition('{}')
       params[f'{fpath}/gamma'] = sd[f'{prefix}gamma{suffix}']
       params[f'{fpath}/beta'] = sd[f'{prefix}beta{suffix}']
-  cast = lambda d: partition.unflatten({k: np.ascontiguousarray(v, np.float32)
+  cast = lambda d: partition.unflatten({k: np.ascontiguousarray(v, dtype)
                                         for k, v in d.items()})
   return {'params': cast(params), 'batch_stats': cast(stats)}
 

@@ -7,6 +7,7 @@ and bad inputs (each: a one-line `error:`, exit status 2, nothing at DST).
 """
 import builtins
 import collections
+import copy
 import io
 import json
 import os
@@ -266,14 +267,21 @@ def test_dapt_checkpoint_matches_reference_and_round_trips(dapt_pth, tiny_torch,
   report = json.loads((dst / 'report.json').read_text())
   assert report['layout'] == 'dapt' and report['freshly_initialised'] == []
 
-  # Logits of the converted Flax model against the PyTorch reference (eval mode).
+  # Logits of the converted Flax model against the PyTorch reference (eval mode), both in
+  # float64 so the comparison holds to float64 rounding on any CPU: ~20 layers of sums of at most
+  # 512 terms bound the relative error by 20 * 512 * 2**-53 = 1.1e-12 (tests/test_model.py,
+  # F64_RTOL, derives the 1e-10 used here); a misplaced or transposed tensor gives O(1).
   variables = pretrained.load_converted(dst)
-  net = model_lib.build_model(TINY_FIELDS)
-  points = np.random.default_rng(0).normal(size=(3, 64, 3)).astype(np.float32)
-  logits = jax.jit(net.apply, static_argnames='train')(variables, points, train=False)
+  net = model_lib.build_model(TINY_FIELDS).clone(dtype=np.float64)
+  points = np.random.default_rng(0).normal(size=(3, 64, 3))
+  with jax.enable_x64(True):
+    variables64 = jax.tree.map(lambda v: np.asarray(v, np.float64), variables)
+    logits = np.asarray(jax.jit(net.apply, static_argnames='train')(variables64, points,
+                                                                      train=False))
   with torch.no_grad():
-    expected = tiny_torch(torch.from_numpy(points)).numpy()
-  np.testing.assert_allclose(np.asarray(logits), expected, atol=1e-4, rtol=0)
+    expected = copy.deepcopy(tiny_torch).double()(torch.from_numpy(points)).numpy()
+  assert logits.dtype == expected.dtype == np.float64
+  assert np.abs(logits - expected).max() <= 1e-10 * np.abs(expected).max()
 
   # And back: bit-exact, loadable strictly by the release's model.
   back = tmp_path / 'back.pth'

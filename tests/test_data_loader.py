@@ -157,3 +157,16 @@ def test_unshuffled_resume_continues_the_stream_and_refuses_a_shuffled_state():
   assert got == full
   with pytest.raises(ValueError, match='shuffle'):
     data.TrainLoader(_source(11), 4, seed=0).set_state(state)
+
+
+def test_loader_benchmark_reports_one_and_two_processes(tmp_path):
+  from dapt_jax.bench import loader as loader_bench
+  out = tmp_path / 'bench'
+  loader_bench.main(['--out', str(out), '--clouds', '64', '--points', '32', '--batch', '16',
+                     '--epochs', '2'])
+  report = json.loads((out / 'loader.json').read_text())
+  rows = {r['setting']: r for r in report['results']}
+  assert rows['one process']['processes'] == 1 and rows['two processes']['processes'] == 2
+  for row in rows.values():  # every process read its share of 2 epochs of 4 batches of 16
+    assert row['clouds'] == 2 * 64 and row['clouds_per_s'] > 0
+  assert '| two processes | 2 |' in (out / 'loader.md').read_text()

@@ -4,6 +4,7 @@ Measures dapt-jax against the PyTorch reference on the devices present and write
 DIR/bench.json (every record) and DIR/bench.md (the tables). See docs/benchmarks.md.
 
   --quick       batch 8, 1 warm-up + 4 timed steps, a reduced scaling set: < 10 min on 2 CPU cores
+  --loader      the input pipeline alone instead (python -m dapt_jax.bench.loader; loader.md)
   (default)     batch 32 then doubling up to --max-batch while it fits, 3 warm-up + 20 timed steps
 """
 from __future__ import annotations
@@ -16,10 +17,56 @@ import platform
 import sys
 import time
 
+from dapt_jax import errors
+
+
+class UsageError(errors.UserError):
+  """A bad command-line argument; one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+
+  def error(self, message):  # one `error:` line, not argparse's usage block
+    raise UsageError(f'{message} (see python -m dapt_jax.bench --help)')
+
+
+def _check_args(args) -> None:
+  """Refuses bad values before anything runs or is written."""
+  choices = {'frameworks': ('jax', 'torch'), 'modes': ('dapt', 'full', 'linear')}
+  for field, allowed in choices.items():
+    given = [x.strip() for x in getattr(args, field).split(',')]
+    bad = [x for x in given if x not in allowed]
+    if bad or not given:
+      raise UsageError(f'--{field}={getattr(args, field)}: {bad[0] if bad else "empty"!r} is not '
+                       f'one of {", ".join(allowed)} (a comma list)')
+  if args.batches:
+    try:
+      batches = [int(b) for b in args.batches.split(',')]
+    except ValueError:
+      batches = [0]
+    if min(batches) < 1:
+      raise UsageError(f'--batches={args.batches}: must be a comma list of positive integers')
+  for field, minimum in (('max_batch', 1), ('warmup', 0), ('steps', 1)):
+    value = getattr(args, field)
+    if value is not None and value < minimum:
+      raise UsageError(f'--{field.replace("_", "-")}={value}: must be >= {minimum}')
+  if args.model:
+    try:
+      model = json.loads(args.model)
+    except ValueError as e:
+      raise UsageError(f'--model: not valid JSON ({e})') from None
+    if not isinstance(model, dict):
+      raise UsageError(f'--model={args.model}: must be a JSON object, e.g. \'{{"depth": 2}}\'')
+  from dapt_jax import workdir  # pylint: disable=g-import-not-at-top
+  try:
+    workdir.check_writable(args.out, what='--out')
+  except workdir.WorkdirError as e:
+    raise UsageError(str(e)) from None
+
 
 def _parse(argv):
-  p = argparse.ArgumentParser(prog='python -m dapt_jax.bench', description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = _Parser(prog='python -m dapt_jax.bench', description=__doc__,
+              formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument('--quick', action='store_true', help='the short setting (see above)')
   p.add_argument('--out', default='runs/bench', help='output folder for bench.json / bench.md')
   p.add_argument('--frameworks', default='jax,torch', help='comma list of jax, torch')
@@ -34,8 +81,13 @@ def _parse(argv):
   p.add_argument('--parallel', default='shard_map', choices=('shard_map', 'pmap'))
   p.add_argument('--model', default=None,
                  help='JSON object of model config overrides, e.g. \'{"depth": 2}\' (smoke runs)')
+  p.add_argument('--loader', action='store_true',
+                 help='measure the input pipeline alone (dapt_jax.bench.loader) instead')
   p.add_argument('--one', default=None, help=argparse.SUPPRESS)  # child: one JSON spec
-  return p.parse_args(argv)
+  args = p.parse_args(argv)
+  if args.one is None:
+    _check_args(args)
+  return args
 
 
 def _child(spec_json: str) -> None:
@@ -49,6 +101,10 @@ def main(argv=None) -> None:
   args = _parse(argv if argv is not None else sys.argv[1:])
   if args.one is not None:
     _child(args.one)
+    return
+  if args.loader:
+    from dapt_jax.bench import loader  # pylint: disable=g-import-not-at-top
+    loader.main(['--out', args.out])
     return
   from dapt_jax.bench import report  # pylint: disable=g-import-not-at-top
   from dapt_jax.bench import runner  # pylint: disable=g-import-not-at-top
@@ -89,4 +145,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == '__main__':
-  main()
+  errors.run_cli(main)

@@ -24,11 +24,18 @@ def get_source(dc, split):
   return sources.get_source(dc, split)
 
 
+def check_presence(dc):
+  """See `dapt_jax.data.checks.check_presence`: the files are there (cheap; nothing prepared)."""
+  from dapt_jax.data import checks  # pylint: disable=g-import-not-at-top
+  return checks.check_presence(dc)
+
+
 def __getattr__(name):
   # `data.augment`, `data.sources`, ... as attributes without importing them eagerly.
   import importlib  # pylint: disable=g-import-not-at-top
-  if name in ('augment', 'sources', 'builders', 'readers', 'synthetic', 'preprocess',
-              'modelnet_files', 'scanobjectnn_files'):
+  if name in ('augment', 'sources', 'checks', 'builders', 'readers', 'synthetic', 'preprocess',
+              'modelnet_files', 'scanobjectnn_files', 'clouds', 'folder', 'folder_example',
+              'classes'):
     return importlib.import_module(f'dapt_jax.data.{name}')
   if name in ('ArraySource', 'PointCloudSource', 'SourceInfo'):
     return getattr(importlib.import_module('dapt_jax.data.sources'), name)

@@ -4,7 +4,7 @@ These run inside the per-device step on that device's batch. FPS follows the rel
 (`dapt_jax.tokenizer.farthest_point_sample`). This module imports neither TFDS nor grain.
 
   train_view      FPS to min(point_all, P), random subset of num_points (random order), scale+shift
-  eval_view       FPS to num_points, nothing random
+  eval_view       FPS to num_points, nothing random (also the training view with augment=False)
   vote_views      num_votes train-style views of each cloud (FPS computed once)
   scale_translate per-cloud anisotropic scale U(2/3, 3/2) and translation U(-0.2, 0.2) per axis
 """
@@ -22,13 +22,19 @@ SCALE_RANGE = (2.0 / 3.0, 3.0 / 2.0)
 TRANSLATE_RANGE = (-0.2, 0.2)
 
 
+def _as_float(points: Array) -> Array:
+  """float32 (float64 clouds, in the 64-bit checks against the reference, stay float64)."""
+  return points.astype(jnp.promote_types(points.dtype, jnp.float32))
+
+
 def scale_translate(key: Array, points: Array) -> Array:
   """points: [B, N, 3] → points * s + t, with s ~ U(2/3, 3/2)^3 and t ~ U(-0.2, 0.2)^3 per cloud."""
   k_scale, k_shift = jax.random.split(key)
   shape = (points.shape[0], 1, 3)
-  scale = jax.random.uniform(k_scale, shape, jnp.float32, *SCALE_RANGE)
-  shift = jax.random.uniform(k_shift, shape, jnp.float32, *TRANSLATE_RANGE)
-  return points.astype(jnp.float32) * scale + shift
+  points = _as_float(points)
+  scale = jax.random.uniform(k_scale, shape, points.dtype, *SCALE_RANGE)
+  shift = jax.random.uniform(k_shift, shape, points.dtype, *TRANSLATE_RANGE)
+  return points * scale + shift
 
 
 def _fps_pool(points: Array, point_all: int, skip_full_fps: bool) -> Array:
@@ -65,7 +71,7 @@ def train_view(key: Array, points: Array, num_points: int, point_all: int,
     [B, N, 3] float32.
   """
   k_subset, k_aug = jax.random.split(key)
-  pool = _fps_pool(points.astype(jnp.float32), point_all, skip_full_fps)
+  pool = _fps_pool(_as_float(points), point_all, skip_full_fps)
   return scale_translate(k_aug, _random_subset(k_subset, pool, num_points))
 
 
@@ -73,7 +79,7 @@ def eval_view(points: Array, num_points: int) -> Array:
   """points: [B, P, 3] → [B, num_points, 3] by FPS (deterministic); requires num_points ≤ P."""
   if num_points > points.shape[1]:
     raise ValueError(f'eval_view: {num_points} points requested from clouds of {points.shape[1]}')
-  points = points.astype(jnp.float32)
+  points = _as_float(points)
   return gather_points(points, farthest_point_sample(points, num_points))
 
 
@@ -83,7 +89,7 @@ def vote_views(key: Array, points: Array, num_points: int, point_all: int, num_v
 
   The FPS pool is computed once and shared; every view draws its own subset, scale and shift.
   """
-  pool = _fps_pool(points.astype(jnp.float32), point_all, skip_full_fps)
+  pool = _fps_pool(_as_float(points), point_all, skip_full_fps)
 
   def one(k):
     k_subset, k_aug = jax.random.split(k)
@@ -100,7 +106,7 @@ def train_views_per_sample(keys: Array, points: Array, num_points: int, point_al
 
   points: [B, P, 3] → [B, num_points, 3].
   """
-  pool = _fps_pool(points.astype(jnp.float32), point_all, skip_full_fps)
+  pool = _fps_pool(_as_float(points), point_all, skip_full_fps)
 
   def one(key, cloud):
     k_subset, k_aug = jax.random.split(key)
@@ -112,7 +118,7 @@ def train_views_per_sample(keys: Array, points: Array, num_points: int, point_al
 def vote_views_per_sample(keys: Array, points: Array, num_points: int, point_all: int,
                           num_votes: int, skip_full_fps: bool = False) -> Array:
   """`vote_views` with one key per cloud: keys [B], points [B, P, 3] → [V, B, num_points, 3]."""
-  pool = _fps_pool(points.astype(jnp.float32), point_all, skip_full_fps)
+  pool = _fps_pool(_as_float(points), point_all, skip_full_fps)
 
   def one(key, cloud):
     def view(k):

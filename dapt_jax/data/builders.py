@@ -1,7 +1,8 @@
-"""TFDS builders: `scan_object_nn` (objbg | objonly | hardest), `modelnet40`, `synthetic_shapes`;
-for part segmentation `shapenet_part` and `synthetic_parts` (at the end of this file).
+"""TFDS builders: `scan_object_nn` (objbg | objonly | hardest), `modelnet40`, `synthetic_shapes`,
+`modelnet_fewshot`, `folder` (the user's own class folders); for part segmentation `shapenet_part`
+and `synthetic_parts` (at the end of this file).
 
-All three write `array_record` files and are read back through `builder.as_data_source(split)`, so
+All of them write `array_record` files and are read back through `builder.as_data_source(split)`, so
 neither building nor reading needs TensorFlow. Examples are stored in source order
 (`disable_shuffling`): index i of a split is the i-th sample of the official file or list.
 
@@ -10,13 +11,20 @@ Features: `points` float32 [P, 3] (raw bytes encoding), `label` ClassLabel with 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
+import re
+from typing import Sequence
+
 import numpy as np
 import tensorflow_datasets as tfds
 
+from dapt_jax.data import fewshot
+from dapt_jax.data import folder
 from dapt_jax.data import modelnet_files
 from dapt_jax.data import readers
 from dapt_jax.data import scanobjectnn_files
+from dapt_jax.data import shapenet55
 from dapt_jax.data import shapenet_part
 from dapt_jax.data import synthetic
 from dapt_jax.data import synthetic_parts
@@ -270,3 +278,156 @@ class SyntheticParts(_LocalBuilder):
 
   def _generate_examples(self, **unused):
     raise NotImplementedError
+
+
+# ----------------------------------------------------------------------------------------------
+# Few-shot ModelNet40: one fold of one way/shot task per config (`dapt_jax.data.fewshot`).
+
+
+@dataclasses.dataclass
+class ModelNetFewshotConfig(tfds.core.BuilderConfig):
+  way: int = 5
+  shot: int = 10
+  fold: int = 0
+  path: str = ''  # the fold's pickle
+  class_names: tuple = modelnet_files.DEFAULT_CLASS_NAMES  # 40: the fold's classes first
+
+
+def fewshot_config(way: int, shot: int, fold: int, path: str,
+                   class_names: tuple) -> ModelNetFewshotConfig:
+  """A config per (way, shot, fold), so each fold has its own prepared copy."""
+  return ModelNetFewshotConfig(
+      name=f'{way}way{shot}shot_fold{fold}',
+      description=f'{way}-way {shot}-shot ModelNet40, fold {fold} (Point-BERT\'s folds).',
+      way=way, shot=shot, fold=fold, path=path, class_names=tuple(class_names))
+
+
+class ModelNetFewshot(_LocalBuilder):
+  """Few-shot ModelNet40 folds: xyz centred and scaled to the unit sphere, labels 0..way-1."""
+
+  name = 'modelnet_fewshot'
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'Point-BERT\'s ModelNetFewshot pickles, xyz only, unit sphere.'}
+  BUILDER_CONFIGS = [fewshot_config(5, 10, 0, '', modelnet_files.DEFAULT_CLASS_NAMES)]
+  MANUAL_DOWNLOAD_INSTRUCTIONS = fewshot.INSTRUCTIONS
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(
+        builder=self, description=self.__doc__,
+        features=_features(self.builder_config.class_names),
+        supervised_keys=('points', 'label'), homepage='https://modelnet.cs.princeton.edu/',
+        disable_shuffling=True)
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    cfg = self.builder_config
+    fold = fewshot.load_fold(cfg.path, cfg.way, cfg.shot)
+    return {split: _examples(fold.points[split], fold.labels[split]) for split in fewshot.SPLITS}
+
+
+@dataclasses.dataclass
+class FolderConfig(tfds.core.BuilderConfig):
+  class_names: tuple = ()
+  points: int = 2048
+  mesh_points: int = 8192
+  min_points: int = 32
+  normalize: str = 'unit_sphere'
+  up_axis: str = 'y'
+  test_fraction: float = 0.2
+  split_seed: int = 0
+
+  def settings(self) -> folder.Settings:
+    return folder.Settings(points=self.points, mesh_points=self.mesh_points,
+                           min_points=self.min_points, normalize=self.normalize,
+                           up_axis=self.up_axis, test_fraction=self.test_fraction,
+                           split_seed=self.split_seed)
+
+
+def folder_config(root: str, class_names: Sequence[str], s: folder.Settings) -> FolderConfig:
+  """A config named by the folder (its name and a digest of its real path) and every setting, so
+  each folder and preparation has its own prepared copy."""
+  real = os.path.realpath(os.path.expanduser(root))
+  slug = re.sub(r'[^A-Za-z0-9_-]+', '_', os.path.basename(real.rstrip(os.sep)))[:40] or 'root'
+  digest = hashlib.sha256(real.encode()).hexdigest()[:10]
+  name = (f'{slug}-{digest}_p{s.points}_m{s.mesh_points}_k{s.min_points}_{s.normalize}_'
+          f'{s.up_axis}up_t{round(s.test_fraction * 1e6)}_s{s.split_seed}')
+  return FolderConfig(name=name, description=f'Clouds and meshes in class folders under {real}.',
+                      class_names=tuple(class_names), points=s.points, mesh_points=s.mesh_points,
+                      min_points=s.min_points, normalize=s.normalize, up_axis=s.up_axis,
+                      test_fraction=s.test_fraction, split_seed=s.split_seed)
+
+
+class Folder(_LocalBuilder):
+  """The user's own clouds and meshes, one per file, in class folders (`dapt_jax.data.folder`)."""
+
+  name = 'folder'
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'Surface-sampled meshes, FPS to a set count, y-up, normalised.'}
+  MANUAL_DOWNLOAD_INSTRUCTIONS = ('Set data.data_dir to a folder holding train/<class>/<files> '
+                                  '(and optionally test/ and val/).')
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(builder=self, description=self.__doc__,
+                                 features=_features(self.builder_config.class_names),
+                                 supervised_keys=('points', 'label'), disable_shuffling=True)
+
+  def _split_generators(self, dl_manager):
+    cfg = self.builder_config
+    s = cfg.settings()
+    plan = folder.plan(_manual_dir(dl_manager), s.test_fraction, s.split_seed)
+    if tuple(plan.class_names) != tuple(cfg.class_names):
+      raise DataError(f'{plan.root}: the class folders changed while preparing; run again')
+    folder.warn_ignored(plan)
+    return {split: _examples(*folder.load_split(plan, split, s)) for split in plan.splits}
+
+  def _generate_examples(self, **unused):
+    raise NotImplementedError
+
+
+# ----------------------------------------------------------------------------------------------
+# Pre-training: `shapenet55` (Point-BERT / Point-MAE layout, see `dapt_jax.data.shapenet55`).
+
+
+@dataclasses.dataclass
+class ShapeNet55Config(tfds.core.BuilderConfig):
+  taxonomies: tuple = ()  # the label names: taxonomy ids found in the two lists, sorted
+
+
+class ShapeNet55(_LocalBuilder):
+  """ShapeNet-55 clouds (8,192 points each in the official files) as stored, in list order;
+  label = the cloud's taxonomy. Pre-training ignores the label."""
+
+  name = 'shapenet55'
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'Point-BERT / Point-MAE lists and clouds, every point kept.'}
+  BUILDER_CONFIGS = [ShapeNet55Config(name='default', description='Taxonomies from the lists.')]
+  MANUAL_DOWNLOAD_INSTRUCTIONS = shapenet55.INSTRUCTIONS
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(
+        builder=self, description=self.__doc__,
+        features=tfds.features.FeaturesDict({
+            'points': tfds.features.Tensor(shape=(None, 3), dtype=np.float32,
+                                           encoding=tfds.features.Encoding.BYTES),
+            'label': tfds.features.ClassLabel(names=list(self.builder_config.taxonomies)),
+            'name': tfds.features.Text(),
+        }),
+        homepage='https://github.com/lulutang0608/Point-BERT', disable_shuffling=True)
+
+  def _split_generators(self, dl_manager):
+    plan = shapenet55.plan(_manual_dir(dl_manager))
+    if plan.taxonomies != tuple(self.builder_config.taxonomies):
+      raise DataError(f'{plan.root}: the split lists changed while preparing; run again')
+    return {split: shapenet55.examples(plan, split) for split in shapenet55.SPLITS}
+
+  def _generate_examples(self, **unused):
+    raise NotImplementedError
+
+
+def shapenet55_config(taxonomies) -> ShapeNet55Config:
+  """The builder config for a tree whose lists name these taxonomies (named after them, so a
+  tree with other taxonomies gets its own prepared copy)."""
+  import hashlib  # pylint: disable=g-import-not-at-top
+  digest = hashlib.sha256(' '.join(taxonomies).encode()).hexdigest()[:10]
+  return ShapeNet55Config(name=f'tax{len(taxonomies)}_{digest}',
+                          description='Taxonomies from the lists.', taxonomies=tuple(taxonomies))

@@ -1,8 +1,10 @@
 """The one exception the data pipeline raises for bad or missing input."""
 from __future__ import annotations
 
+from dapt_jax.errors import UserError
 
-class DataError(ValueError):
+
+class DataError(UserError, ValueError):
   """Missing, malformed or inconsistent dataset files.
 
   The message is one line that names the file (or config field) and the problem, so a command-line

@@ -12,13 +12,36 @@ dropped for good, only deferred to the next epoch. Evaluation: source order, the
 every sample is counted exactly once over all hosts.
 
 Reading runs one batch ahead in a background thread (array_record reads release the GIL).
+
+Debugging the sharding: with `DAPT_JAX_LOG_INDICES=DIR` set, every loader appends the source indices
+of each batch it yields to `DIR/indices_<process>.jsonl` (one JSON object per line: loader kind,
+process, epoch, batch, indices; -1 marks evaluation padding). The multi-process test reads them.
 """
 from __future__ import annotations
 
 import concurrent.futures
-from typing import Any, Iterator, Sequence
+import json
+import os
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
+
+LOG_INDICES_ENV = 'DAPT_JAX_LOG_INDICES'
+
+
+def _index_log(process_index: int) -> Optional[str]:
+  folder = os.environ.get(LOG_INDICES_ENV)
+  if not folder:
+    return None
+  os.makedirs(folder, exist_ok=True)
+  return os.path.join(folder, f'indices_{process_index}.jsonl')
+
+
+def _log_indices(path: Optional[str], **record) -> None:
+  if path is not None:
+    with open(path, 'a') as f:
+      f.write(json.dumps({k: (v.tolist() if isinstance(v, np.ndarray) else v)
+                          for k, v in record.items()}) + '\n')
 
 
 def _read(source: Any, indices: np.ndarray) -> dict[str, np.ndarray]:
@@ -78,6 +101,7 @@ class TrainLoader:
       raise ValueError(f'{self.num_examples} examples do not fill one global batch of '
                        f'{self.global_batch_size}')
     self._epoch, self._batch = 0, 0  # position of the next batch to be yielded
+    self._index_log = _index_log(self.process_index)
 
   def order(self, epoch: int) -> np.ndarray:
     """The global sample order of `epoch`; its first `steps_per_epoch` global batches are used.
@@ -106,6 +130,8 @@ class TrainLoader:
     index_batches = [order[s * g + p * b:s * g + (p + 1) * b]
                      for s in range(first, self.steps_per_epoch)]
     for step, batch in enumerate(_prefetched(self.source, index_batches), start=first):
+      _log_indices(self._index_log, loader='train', process=self.process_index, epoch=epoch,
+                   batch=step, indices=index_batches[step - first])
       # Advance before yielding: a checkpoint taken while holding this batch resumes after it.
       if step + 1 == self.steps_per_epoch:
         self._epoch, self._batch = epoch + 1, 0
@@ -153,6 +179,7 @@ class EvalLoader:
     self.process_index, self.process_count = int(process_index), int(process_count)
     self.num_examples = len(source)
     self.num_batches = -(-self.num_examples // self.global_batch_size)
+    self._index_log = _index_log(self.process_index)
 
   def _slots(self, step: int) -> np.ndarray:
     start = step * self.global_batch_size + self.process_index * self.local_batch_size
@@ -168,4 +195,6 @@ class EvalLoader:
       valid = s < self.num_examples
       batch['mask'] = valid
       batch['index'] = np.where(valid, s, -1).astype(np.int32)
+      _log_indices(self._index_log, loader='eval', process=self.process_index,
+                   batch=int(s[0]) // self.global_batch_size, indices=batch['index'])
       yield batch

@@ -189,8 +189,9 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
     return obj
 
 
-def safe_load_pickle(path: str) -> Any:
-  """Unpickles `path` allowing only NumPy arrays (non-object dtypes), lists, tuples, numbers."""
+def safe_load_pickle(path: str, allow_dicts: bool = False) -> Any:
+  """Unpickles `path` allowing only NumPy arrays (non-object dtypes) and scalars, lists, tuples,
+  numbers, and (with `allow_dicts`) dicts with string keys."""
   data = _read_bytes(path)
   try:
     obj = _ArrayOnlyUnpickler(io.BytesIO(data)).load()
@@ -199,11 +200,11 @@ def safe_load_pickle(path: str) -> Any:
   except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
           MemoryError, ImportError) as e:
     raise DataError(f'{path}: truncated or corrupt pickle ({type(e).__name__}: {_one_line(e)})') from e
-  _check_plain(path, obj)
+  _check_plain(path, obj, allow_dicts)
   return obj
 
 
-def _check_plain(path: str, obj: Any) -> None:
+def _check_plain(path: str, obj: Any, allow_dicts: bool = False) -> None:
   """Rejects object arrays and anything but lists, tuples, numbers and numeric arrays."""
   stack = [obj]
   while stack:
@@ -213,11 +214,16 @@ def _check_plain(path: str, obj: Any) -> None:
         raise DataError(f'{path}: pickle holds an object-dtype array; only numeric arrays are allowed')
     elif isinstance(x, (list, tuple)):
       stack.extend(x)
+    elif isinstance(x, dict) and allow_dicts:  # the few-shot folds: {'train': [...], ...}
+      if not all(isinstance(k, str) for k in x):
+        raise DataError(f'{path}: pickle holds a dict with non-string keys; only string keys are '
+                        'allowed')
+      stack.extend(x.values())
     elif isinstance(x, (int, float, np.generic)) and not isinstance(x, np.object_):
       pass
     else:
-      raise DataError(f'{path}: pickle holds a {type(x).__name__}; only arrays, lists and numbers '
-                      'are allowed')
+      allowed = 'arrays, lists, dicts and numbers' if allow_dicts else 'arrays, lists and numbers'
+      raise DataError(f'{path}: pickle holds a {type(x).__name__}; only {allowed} are allowed')
 
 
 def read_modelnet_dat(path: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:

@@ -128,11 +128,35 @@ def _builder_spec(dc: Any) -> tuple[Any, dict[str, Any], Optional[str], Optional
     from dapt_jax.data import shapenet_part  # pylint: disable=g-import-not-at-top
     plan = shapenet_part.plan(data_dir)
     return builders.ShapeNetPart, {}, data_dir, fingerprint_files(plan.all_files())
+  if name == 'shapenet55':
+    from dapt_jax.data import shapenet55  # pylint: disable=g-import-not-at-top
+    plan = shapenet55.plan(data_dir)
+    return (builders.ShapeNet55, {'config': builders.shapenet55_config(plan.taxonomies)},
+            data_dir, fingerprint_files(plan.all_files()))
   if name == 'synthetic_parts':
     config = builders.synthetic_parts_config(
         int(dc.synthetic_num_train), int(dc.synthetic_num_test), int(dc.synthetic_points),
         int(_opt(dc, 'synthetic_num_categories', 8)), int(dc.synthetic_seed))
     return builders.SyntheticParts, {'config': config}, None, None
+  if name == 'modelnet_fewshot':
+    from dapt_jax.data import fewshot  # pylint: disable=g-import-not-at-top
+    way, shot, fold = fewshot.check_task(_opt(dc, 'way', 5), _opt(dc, 'shot', 10),
+                                         _opt(dc, 'fold', 0))
+    path = fewshot.fold_path(data_dir, way, shot, fold)
+    names = fewshot.load_fold(path, way, shot).class_names  # validates the file before building
+    config = builders.fewshot_config(way, shot, fold, path, names)
+    fp = fingerprint_files([path], extra={'way': way, 'shot': shot, 'fold': fold})
+    return builders.ModelNetFewshot, {'config': config}, data_dir, fp
+
+  if name == 'folder':
+    from dapt_jax.data import folder  # pylint: disable=g-import-not-at-top
+    s = folder.settings(dc)
+    plan = folder.plan(data_dir, s.test_fraction, s.split_seed)
+    config = builders.folder_config(data_dir, plan.class_names, s)
+    fp = fingerprint_files(plan.all_files(), extra={'settings': dataclasses.asdict(s),
+                                                    'classes': list(plan.class_names),
+                                                    'splits': list(plan.splits)})
+    return builders.Folder, {'config': config}, data_dir, fp
   if name == 'synthetic_shapes':
     config = builders.synthetic_config(
         int(dc.synthetic_num_train), int(dc.synthetic_num_test), int(dc.synthetic_points),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import pickle
+from typing import Optional
 
 import numpy as np
 
@@ -106,4 +107,48 @@ def write_modelnet_h5(root: str, train_sizes: list[int], test_sizes: list[int], 
       f.write(''.join(f'data/modelnet40_ply_hdf5_2048/ply_data_{split}{k}.h5\n'
                       for k in range(len(sizes))))
     out[split] = (np.concatenate([p for p, _ in parts]), np.concatenate([l for _, l in parts]))
+  return out
+
+
+def write_modelnet_fewshot(root: str, way: int, shot: int, folds: int = 1, test_per_class: int = 20,
+                           points: int = 8192, seed: int = 0, underscore: bool = False,
+                           clouds_by_class: Optional[dict[int, np.ndarray]] = None
+                           ) -> dict[int, dict]:
+  """Point-BERT's ModelNetFewshot: `<root>/<way>way<shot>shot/<fold>.pkl` (or `<way>way_<shot>shot`).
+
+  Each pickle is {'train': [...], 'test': [...]} of (points float32 [P, 6], label int,
+  ModelNet40 class index as a NumPy int32 scalar), shuffled, as the release's generator writes
+  them. Clouds come from `clouds_by_class` (ModelNet40 class index → [n, P, 6] float32; the
+  fold's classes are drawn from its keys) or are random, one class at a time offset so the
+  classes differ.
+
+  Returns:
+    fold → {'train': (xyz [S, P, 3] as written, labels [S]), 'test': ..., 'classes': [way
+    ModelNet40 indices in label order]}.
+  """
+  rng = np.random.default_rng(seed)
+  folder = f'{way}way_{shot}shot' if underscore else f'{way}way{shot}shot'
+  os.makedirs(os.path.join(root, folder), exist_ok=True)
+  out = {}
+  for fold in range(folds):
+    pool = sorted(clouds_by_class) if clouds_by_class is not None else list(range(40))
+    classes = [int(c) for c in rng.choice(pool, way, replace=False)]
+    splits = {'train': [], 'test': []}
+    for label, cls in enumerate(classes):
+      for split, n in (('train', shot), ('test', test_per_class)):
+        if clouds_by_class is not None:
+          have = clouds_by_class[cls]
+          picked = have[rng.choice(len(have), n, replace=len(have) < n)]
+        else:
+          picked = random_clouds(rng, n, points, 6)
+          picked[..., :3] += 3.0 * rng.normal(size=(1, 1, 3))  # a per-class offset
+        splits[split] += [(np.asarray(c, np.float32), label, np.int32(cls)) for c in picked]
+    for split in splits:
+      order = rng.permutation(len(splits[split]))
+      splits[split] = [splits[split][i] for i in order]
+    with open(os.path.join(root, folder, f'{fold}.pkl'), 'wb') as f:
+      pickle.dump(splits, f)
+    out[fold] = {s: (np.stack([t[0][:, :3] for t in v]), np.asarray([t[1] for t in v], np.int32))
+                 for s, v in splits.items()}
+    out[fold]['classes'] = classes
   return out

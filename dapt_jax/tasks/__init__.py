@@ -17,6 +17,7 @@ from dapt_jax.tasks.base import TaskError
 # name -> 'module:Class', imported on first use so a task's dependencies load only when used.
 TASKS = {
     'classification': 'dapt_jax.tasks.classification:ClassificationTask',
+    'pretrain': 'dapt_jax.tasks.pretrain:PretrainTask',
 }
 
 

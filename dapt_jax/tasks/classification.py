@@ -30,8 +30,11 @@ class Views:
   point_all: int
   votes: int = 1
   skip_full_fps: bool = False
+  augment: bool = True  # False: train on the evaluation view (config.data.augment)
 
   def train(self, key: jax.Array, points: jax.Array) -> jax.Array:
+    if not self.augment:
+      return augment.eval_view(points, self.num_points)
     keys = sample_keys(key, points.shape[0])
     return augment.train_views_per_sample(keys, points, self.num_points, self.point_all,
                                           self.skip_full_fps)
@@ -41,7 +44,8 @@ def classification_loss(net: Any, variables: dict, batch: dict, key: jax.Array, 
                         ) -> tuple[jax.Array, tuple[dict, Any]]:
   """Cross-entropy on the training views of this device's batch {'points', 'label'}."""
   aug_key, drop_key = jax.random.split(key)
-  points = views.train(aug_key, batch['points'])
+  points = batch['points'].astype(jnp.promote_types(batch['points'].dtype, net.dtype))
+  points = views.train(aug_key, points)  # (a float64 model views clouds in float64)
   drop_key = jax.random.fold_in(drop_key, jax.lax.axis_index(AXIS))
   labels = batch['label']
   logits, updates = net.apply(variables, points, train=True, rngs={'dropout': drop_key},
@@ -79,7 +83,7 @@ class ClassificationTask(base.Task):
       dc = config.data
       views = Views(int(dc.num_points), int(dc.point_all),
                     int(config.eval.votes if votes is None else votes),
-                    bool(dc.get('skip_full_fps', False)))
+                    bool(dc.get('skip_full_fps', False)), bool(dc.get('augment', True)))
     self.views = views
 
   def build_model(self, axis_name=None):

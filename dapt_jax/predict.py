@@ -1,0 +1,219 @@
+r"""--mode=predict: class probabilities for every cloud in a file, a folder or a glob.
+
+    python main.py --config=configs/folder.py --workdir=runs/mine --mode=predict --input=scans/
+    python main.py --config=configs/folder.py --workdir=runs/mine --mode=predict \
+        --input='scans/**/*.ply'
+
+Writes `<workdir>/predictions.csv` (file, top-1 class and probability, then the next four classes
+with theirs), one row per file in sorted path order; a single file's top-5 is also printed. The
+weights are the workdir's best checkpoint (else `--config.init_from`), and the class names the
+run's own `<workdir>/classes.json` (else the init_from workdir's, else the dataset's official
+list or class folders). Every file is read and checked before the model is built, so a bad file
+costs one line and leaves nothing written.
+
+Each cloud is prepared as the run's data was: for the folder dataset the same up axis, surface
+sampling, farthest point sampling to `data.folder_points` and normalisation; ModelNet40 clouds
+are centred and scaled to the unit sphere; others are read as they are. A cloud with fewer
+points than that is resampled with replacement (one warning line for all of them); one with fewer
+than `model.group_size` points (one patch) is refused.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import functools
+import glob
+import json
+import logging
+import os
+from typing import Any, Optional
+
+import jax
+import numpy as np
+import optax
+
+from dapt_jax import data as data_lib
+from dapt_jax import evaluate as eval_lib
+from dapt_jax import steps as steps_lib
+from dapt_jax import train
+from dapt_jax.data import classes as classes_lib
+from dapt_jax.data import clouds
+from dapt_jax.data import folder
+from dapt_jax.data.errors import DataError
+
+log = logging.getLogger('dapt_jax')
+
+PREDICTIONS_FILE = 'predictions.csv'
+TOP_K = 5
+# Data fields that decide how a cloud is prepared: they must match the run being loaded.
+PREPARATION_FIELDS = ('name', 'num_points', 'point_all', 'folder_points', 'folder_mesh_points',
+                      'folder_normalize', 'folder_up_axis')
+
+
+@dataclasses.dataclass
+class Predictions:
+  files: list  # input paths, in the order of `probs`
+  class_names: list
+  probs: np.ndarray  # [files, classes] float64
+  csv_path: Optional[str]  # where the CSV was written (None: not written)
+
+  def top(self, i: int, k: int = TOP_K) -> list[tuple[str, float]]:
+    order = np.argsort(-self.probs[i], kind='stable')[:k]
+    return [(self.class_names[c], float(self.probs[i, c])) for c in order]
+
+
+def find_inputs(spec: str) -> list[str]:
+  """A file, a folder (every cloud or mesh file under it, recursively) or a glob → sorted paths."""
+  spec = os.path.expanduser(spec)
+  if os.path.isfile(spec):
+    return [spec]
+  if os.path.isdir(spec):
+    found = []
+    for dirpath, dirnames, filenames in os.walk(spec):
+      dirnames[:] = sorted(d for d in dirnames if not d.startswith('.'))
+      found += [os.path.join(dirpath, f) for f in sorted(filenames)
+                if not f.startswith('.') and os.path.splitext(f)[1].lower() in clouds.EXTENSIONS]
+    if not found:
+      raise eval_lib.InputError(f'{spec}: no cloud or mesh files in this folder '
+                                f'({" ".join(clouds.EXTENSIONS)})')
+    return found
+  if glob.has_magic(spec):
+    matched = sorted(p for p in glob.glob(spec, recursive=True) if os.path.isfile(p))
+    found = [p for p in matched if os.path.splitext(p)[1].lower() in clouds.EXTENSIONS]
+    if not found:
+      other = f' ({len(matched)} file(s) of other types)' if matched else ''
+      raise eval_lib.InputError(f'{spec}: matches no cloud or mesh file{other}')
+    return found
+  raise eval_lib.InputError(f'{spec}: no such file')
+
+
+def _settings(dc: Any) -> folder.Settings:
+  """How each input cloud is prepared, as the run's dataset was."""
+  if str(dc.name) == 'folder':
+    return folder.settings(dc)
+  normalize = 'unit_sphere' if str(dc.name) == 'modelnet40' else 'none'
+  return folder.Settings(points=int(dc.num_points), normalize=normalize)
+
+
+def class_names(config: Any, workdir: Optional[str]) -> tuple[list, str]:
+  """(names, where they came from): the run's classes.json, the init_from's, or the dataset's."""
+  for directory in (workdir, config.init_from):
+    names = classes_lib.read(directory)
+    if names is not None:
+      return names, os.path.join(directory, classes_lib.CLASSES_FILE)
+  names = classes_lib.builtin(config.data, int(config.model.num_classes))
+  if names is not None:
+    return names, f'the {config.data.name} dataset'
+  raise DataError(f'no class names for data.name={config.data.name!r}: neither '
+                  f'{workdir}/{classes_lib.CLASSES_FILE} nor data.data_dir says what the classes '
+                  'are; predict from a training workdir')
+
+
+def _check_same_preparation(config: Any, workdir: Optional[str]) -> None:
+  """Refuses data fields that differ from the run in `workdir` (the clouds would be prepared
+  differently from what the model was trained on)."""
+  path = os.path.join(workdir or '', 'config.json')
+  if not workdir or not os.path.isfile(path):
+    return
+  try:
+    with open(path) as f:
+      run = json.load(f).get('data', {})
+  except (OSError, ValueError):
+    return
+  for field in PREPARATION_FIELDS:
+    if field in run and field in config.data and run[field] != config.data[field]:
+      raise DataError(f'data.{field}={config.data[field]!r} differs from the run in {workdir} '
+                      f'({run[field]!r}); predict with the config it was trained with')
+
+
+def load_inputs(paths: list, config: Any, progress: bool = True) -> np.ndarray:
+  """Reads, checks and prepares every file → float32 [files, P, 3]."""
+  from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
+
+  s = _settings(config.data)
+  minimum = int(config.model.group_size)
+  raw = []
+  with tqdm(total=len(paths), desc='predict: reading', unit='file', leave=False,
+            disable=not progress or jax.process_index() != 0) as bar:
+    for p in paths:  # the bar is cleared before an error line
+      raw.append(folder.read(p, s, minimum, seed=0))
+      bar.update(1)
+  points, resampled = folder.prepare(raw, s, [0] * len(raw))
+  folder.warn_resampled([paths[i] for i in resampled], [raw[i].shape[0] for i in resampled],
+                        s.points, 'predict')
+  return points
+
+
+def predict(config: Any, workdir: Optional[str], input_spec: str) -> Predictions:
+  """Predicts every cloud `input_spec` names; writes `<workdir>/predictions.csv` (process 0)."""
+  if workdir is None and not config.init_from:
+    raise eval_lib.InputError('--mode=predict needs --workdir (a training run) or '
+                              '--config.init_from (a converted checkpoint)')
+  paths = find_inputs(input_spec)
+  if workdir is None and len(paths) > 1:
+    raise eval_lib.InputError(f'{input_spec}: {len(paths)} files; --mode=predict writes their '
+                              f'{PREDICTIONS_FILE} into --workdir, so give one')
+  names, origin = class_names(config, workdir)
+  config = classes_lib.with_num_classes(config, names, origin)
+  _check_same_preparation(config, workdir)
+  try:
+    parallel = steps_lib.DataParallel(config.parallel, config.eval.batch_size)
+  except ValueError as e:
+    raise eval_lib.InputError(f'eval.batch_size: {e}') from None
+  points = load_inputs(paths, config, config.progress_bar)
+
+  net, variables, labels = train.build(config)
+  variables, weights = train._variables_for_eval(config, workdir, net, variables, labels)  # pylint: disable=protected-access
+  log.info('Predicting %d file(s) with %s; classes from %s', len(paths), weights, origin)
+  state = steps_lib.create_state(variables, labels, optax.identity(), jax.random.PRNGKey(0))
+  run = parallel.wrap_eval(functools.partial(
+      steps_lib.eval_step, net=net, num_points=config.data.num_points,
+      point_all=config.data.point_all, votes=config.eval.votes))
+  state_dev = parallel.put_state(state)
+  source = data_lib.sources.ArraySource(points, np.zeros(len(points), np.int32))
+  batches = data_lib.EvalLoader(source, config.eval.batch_size, jax.process_index(),
+                                jax.process_count())
+  from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
+  batches = tqdm(batches, desc='predict', unit='batch', leave=False,
+                 disable=not config.progress_bar or jax.process_index() != 0)
+  logits, _ = eval_lib.collect(lambda b: run(state_dev, b), parallel.put_batch, parallel.gather,
+                               batches)
+  probs = eval_lib.softmax(np.asarray(logits, np.float64))
+  result = Predictions(paths, list(names), probs, None)
+  if workdir is not None and jax.process_index() == 0:
+    result.csv_path = write_csv(result, os.path.join(workdir, PREDICTIONS_FILE))
+  return result
+
+
+def write_csv(result: Predictions, path: str) -> str:
+  """file, class, probability, class_2, probability_2, ... up to the top 5; written atomically."""
+  k = min(TOP_K, len(result.class_names))
+  header = ['file', 'class', 'probability']
+  for r in range(2, k + 1):
+    header += [f'class_{r}', f'probability_{r}']
+  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+  tmp = path + '.tmp'
+  with open(tmp, 'w', newline='') as f:
+    w = csv.writer(f)
+    w.writerow(header)
+    for i, name in enumerate(result.files):
+      w.writerow([name] + [v for c, p in result.top(i, k) for v in (c, f'{p:.6f}')])
+  os.replace(tmp, path)
+  return path
+
+
+def summary(result: Predictions) -> str:
+  """What main.py prints: a single file's top-5, or where the CSV of many went."""
+  lines = []
+  if len(result.files) == 1:
+    lines += [f'{r}. {name:<20} {100 * p:6.2f} %' for r, (name, p) in enumerate(result.top(0), 1)]
+  else:
+    counts: dict = {}
+    for i in range(len(result.files)):
+      top = result.class_names[int(np.argmax(result.probs[i]))]
+      counts[top] = counts.get(top, 0) + 1
+    lines.append(f'{len(result.files)} files: ' + ', '.join(
+        f'{n} {c}' for c, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))))
+  if result.csv_path:
+    lines.append(f'wrote {result.csv_path}')
+  return '\n'.join(lines)

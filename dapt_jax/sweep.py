@@ -1,0 +1,446 @@
+r"""Several runs of one config (folds, seeds) in one command, and one results table.
+
+  python -m dapt_jax.sweep --config=configs/modelnet_fewshot.py:5way10shot --workdir=runs/fs \
+      --folds=0-9 --seeds=0 --config.init_from=ckpts/pointmae \
+      --config.data.data_dir=data/ModelNetFewshot
+  python -m dapt_jax.sweep --config=configs/scanobjectnn.py:hardest --workdir=runs/hardest \
+      --seeds=0,1,2 --config.init_from=ckpts/pointmae
+
+Every `--config.*` override of main.py applies to every run. Each run is one main.py training run
+in its own workdir under --workdir, named by its place on each axis (`fold3_seed0`, `seed1`), and
+is resumable as any main.py run. Runs go one after another, each in a fresh process (JAX state
+isolated; a crash or preemption of one run loses nothing of the others). Re-running the command
+skips finished runs and resumes the unfinished one. SIGTERM is passed to the running run, which
+saves; the sweep then stops (re-run to go on).
+
+After each run `summary.json` and `summary.md` in --workdir hold, per run, the final-epoch and
+the best-epoch test accuracy, and their mean ± std over the finished runs. Two protocols:
+  best   each run's best test accuracy over its evaluated epochs: selection on the test split,
+         what the papers report (Point-MAE / IDPT few-shot: best epoch per fold);
+  final  the accuracy after the last epoch: no selection on test, the honest figure.
+std is the population standard deviation (ddof 0), as the few-shot papers compute it over folds;
+summary.json also has the sample one (ddof 1).
+
+Axes are data (`AXES`): a run is one value per axis, each axis an override of one config field.
+A later axis (e.g. `--methods`, setting the fine-tuning method) is one more entry there.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any, Optional, Sequence
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from dapt_jax import errors
+
+SUMMARY_JSON = 'summary.json'
+SUMMARY_MD = 'summary.md'
+RUN_LOG = 'train.log'
+METRICS_FILE = 'metrics.jsonl'  # dapt_jax.reporting.METRICS_FILE (not imported: it pulls in JAX)
+MAIN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'main.py')
+
+
+@dataclasses.dataclass(frozen=True)
+class Axis:
+  """One sweep dimension: a command-line flag whose values each set one config field."""
+  name: str      # run-name prefix and summary column, e.g. 'fold'
+  flag: str      # the sweep's flag holding the values, e.g. 'folds'
+  field: str     # the config field each value sets, e.g. 'data.fold'
+  parse: Any     # str → list of values
+  applies: Any = None  # config → None if the axis may be used, else why not
+
+
+class SweepError(errors.UserError):
+  """A sweep that cannot start or go on; one line for the user."""
+
+
+def parse_ints(text: str, flag: str) -> list[int]:
+  """'0-9' | '0,2,5' | '3' | '0-2,7' → sorted distinct ints (≥ 0)."""
+  values = []
+  for part in str(text).split(','):
+    part = part.strip()
+    try:
+      if '-' in part:
+        lo, hi = (int(x) for x in part.split('-', 1))
+        if hi < lo:
+          raise ValueError
+        values.extend(range(lo, hi + 1))
+      else:
+        values.append(int(part))
+    except ValueError:
+      raise SweepError(f'--{flag}={text!r}: expected integers like 0-9, 0,1,2 or 3') from None
+  if any(v < 0 for v in values):
+    raise SweepError(f'--{flag}={text!r}: values must be ≥ 0')
+  return sorted(set(values))
+
+
+def _fold_applies(config) -> Optional[str]:
+  if config.data.name != 'modelnet_fewshot':
+    return (f'--folds needs a few-shot config (data.name=modelnet_fewshot), not '
+            f'data.name={config.data.name!r}')
+  return None
+
+
+AXES = (
+    Axis('fold', 'folds', 'data.fold', lambda s: parse_ints(s, 'folds'), _fold_applies),
+    Axis('seed', 'seeds', 'seed', lambda s: parse_ints(s, 'seeds')),
+)
+
+config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/modelnet_fewshot.py.',
+                                lock_config=True)
+flags.DEFINE_string('workdir', None, 'Folder for the runs (one subfolder each) and the summary.')
+flags.DEFINE_string('folds', None, 'Few-shot folds, e.g. 0-9 (sets --config.data.fold).')
+flags.DEFINE_string('seeds', '0', 'Seeds, e.g. 0,1,2 (sets --config.seed).')
+FLAGS = flags.FLAGS
+
+
+# ---------------------------------------------------------------------------------------------
+# Planning
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  name: str                      # e.g. 'fold3_seed0'
+  values: tuple                  # ((axis name, value), ...)
+  overrides: tuple               # ('--config.data.fold=3', '--config.seed=0')
+
+  def workdir(self, root: str) -> str:
+    return os.path.join(root, self.name)
+
+
+def plan_runs(config, axis_values: dict[str, str], overrides: Sequence[str]) -> list[Run]:
+  """The runs: the product of the given axes (seeds always; the others when given).
+
+  overrides: the `--config.*=value` arguments, to refuse one that sets an axis's field.
+  """
+  used = []
+  for axis in AXES:
+    text = axis_values.get(axis.flag)
+    if text is None:
+      continue
+    if axis.applies is not None and axis.applies(config):
+      raise SweepError(axis.applies(config))
+    given = [a for a in overrides if a.split('=', 1)[0] == f'--config.{axis.field}']
+    if given:
+      raise SweepError(f'{given[0]} conflicts with --{axis.flag}: give the values with '
+                       f'--{axis.flag} only')
+    used.append((axis, axis.parse(text)))
+  runs = []
+  for combo in itertools.product(*[values for _, values in used]):
+    pairs = tuple((axis.name, value) for (axis, _), value in zip(used, combo))
+    runs.append(Run(name='_'.join(f'{n}{v}' for n, v in pairs), values=pairs,
+                    overrides=tuple(f'--config.{axis.field}={value}'
+                                    for (axis, _), value in zip(used, combo))))
+  return runs
+
+
+def config_overrides(argv: Sequence[str]) -> list[str]:
+  """The `--config.*` arguments as given (a value in the next argument is joined with '=')."""
+  out, i = [], 0
+  while i < len(argv):
+    arg = argv[i]
+    if arg.startswith('--config.'):
+      if '=' not in arg and i + 1 < len(argv) and not argv[i + 1].startswith('--'):
+        arg = f'{arg}={argv[i + 1]}'
+        i += 1
+      out.append(arg)
+    i += 1
+  return out
+
+
+def config_spec(argv: Sequence[str]) -> str:
+  """The --config value as given (`--config=F` or `--config F`)."""
+  for i, arg in enumerate(argv):
+    if arg.startswith('--config='):
+      return arg.split('=', 1)[1]
+    if arg == '--config' and i + 1 < len(argv):
+      return argv[i + 1]
+  raise SweepError('--config is required, e.g. --config=configs/modelnet_fewshot.py')
+
+
+def run_config(config, run: Run):
+  """The config a run trains with (the sweep's, with the run's axis values set)."""
+  cfg = config.copy_and_resolve_references()
+  cfg.unlock()
+  for axis_name, value in run.values:
+    field = next(a.field for a in AXES if a.name == axis_name)
+    *path, last = field.split('.')
+    target = cfg
+    for p in path:
+      target = target[p]
+    target[last] = value
+  cfg.lock()
+  return cfg
+
+
+def check_existing(config, runs: Sequence[Run], root: str) -> None:
+  """Refuses, before anything runs, a run folder that holds a run of another config."""
+  from dapt_jax import train  # pylint: disable=g-import-not-at-top  (pulls in JAX)
+  strip = lambda d: {k: v for k, v in d.items() if k not in train.RESUMABLE_FIELDS}
+  for run in runs:
+    path = os.path.join(run.workdir(root), train.CONFIG_FILE)
+    if not os.path.isfile(path) or config.overwrite:
+      continue
+    with open(path) as f:
+      previous = json.load(f)
+    current = train._config_dict(run_config(config, run))  # pylint: disable=protected-access
+    if strip(previous) != strip(current):
+      diff = sorted(k for k in set(strip(previous)) | set(strip(current))
+                    if strip(previous).get(k) != strip(current).get(k))
+      raise SweepError(f'{run.workdir(root)} holds a run of a different config (differs in: '
+                       f'{", ".join(diff)}); use another --workdir, or --config.overwrite=True')
+
+
+# ---------------------------------------------------------------------------------------------
+# Results
+
+
+def _evals(workdir: str) -> dict[int, dict]:
+  """Evaluation records by epoch (the last one written for an epoch, after a resume)."""
+  path = os.path.join(workdir, METRICS_FILE)
+  out = {}
+  if os.path.isfile(path):
+    with open(path) as f:
+      for line in f:
+        if line.strip():
+          record = json.loads(line)
+          if record.get('split') == 'eval' and 'accuracy' in record:
+            out[int(record['epoch'])] = record
+  return out
+
+
+def run_result(run: Run, root: str, last_epoch: int) -> dict:
+  """A run's row: final- and best-epoch accuracy once it has evaluated its last epoch."""
+  evals = _evals(run.workdir(root))
+  row = {'run': run.name, **dict(run.values), 'workdir': run.workdir(root),
+         'epochs_evaluated': len(evals)}
+  if last_epoch not in evals:
+    row['status'] = 'unfinished'
+    return row
+  final = evals[last_epoch]
+  best_epoch = max(sorted(evals), key=lambda e: evals[e]['accuracy'])  # first epoch at the max
+  row.update(status='finished', final_accuracy=final['accuracy'],
+             final_mean_class_accuracy=final.get('mean_class_accuracy'),
+             best_accuracy=evals[best_epoch]['accuracy'], best_epoch=best_epoch,
+             best_mean_class_accuracy=evals[best_epoch].get('mean_class_accuracy'))
+  return row
+
+
+def mean_std(values: Sequence[float]) -> dict:
+  """mean, population std (ddof 0) and sample std (ddof 1, None for one value)."""
+  n = len(values)
+  if not n:
+    return {'n': 0, 'mean': None, 'std': None, 'std_sample': None}
+  mean = sum(values) / n
+  ss = sum((v - mean) ** 2 for v in values)
+  return {'n': n, 'mean': mean, 'std': math.sqrt(ss / n),
+          'std_sample': math.sqrt(ss / (n - 1)) if n > 1 else None}
+
+
+PUBLISHED = {  # (data.name, way, shot) → what the paper tables report, for comparison
+    ('modelnet_fewshot', 5, 10): 'Point-MAE full fine-tuning 96.3 ± 2.5',
+    ('modelnet_fewshot', 5, 20): 'Point-MAE full fine-tuning 97.8 ± 1.8',
+    ('modelnet_fewshot', 10, 10): 'Point-MAE full fine-tuning 92.6 ± 4.1',
+    ('modelnet_fewshot', 10, 20): 'Point-MAE full fine-tuning 95.0 ± 3.0',
+    ('scan_object_nn/objbg', None, None): 'DAPT 90.88',
+    ('scan_object_nn/objonly', None, None): 'DAPT 90.19',
+    ('scan_object_nn/hardest', None, None): 'DAPT 85.08',
+    ('modelnet40', None, None): 'DAPT 93.5',
+}
+
+
+def summarize(rows: Sequence[dict], config, command: str) -> dict:
+  done = [r for r in rows if r['status'] == 'finished']
+  dc = config.data
+  key = (dc.name, dc.way, dc.shot) if dc.name == 'modelnet_fewshot' else (dc.name, None, None)
+  return {
+      'command': command,
+      'config': {'data': dc.name, 'num_epochs': config.num_epochs,
+                 **({'way': dc.way, 'shot': dc.shot} if dc.name == 'modelnet_fewshot' else {})},
+      'protocols': {
+          'best': 'each run\'s best test accuracy over its evaluated epochs (selection on the '
+                  'test split; what the papers report)',
+          'final': 'test accuracy after the last epoch (no selection on test; the honest figure)',
+          'std': 'population standard deviation over runs (ddof 0, as the few-shot papers); '
+                 'std_sample is ddof 1'},
+      'runs': list(rows),
+      'finished': len(done), 'total': len(rows),
+      'final_accuracy': mean_std([r['final_accuracy'] for r in done]),
+      'best_accuracy': mean_std([r['best_accuracy'] for r in done]),
+      'published': PUBLISHED.get(key),
+  }
+
+
+def _pct(x: Optional[float]) -> str:
+  return '—' if x is None else f'{100 * x:.2f}'
+
+
+def _pm(stats: dict) -> str:
+  if not stats['n']:
+    return '—'
+  return f"{100 * stats['mean']:.2f} ± {100 * stats['std']:.2f}"
+
+
+def format_markdown(summary: dict) -> str:
+  axes = [a.name for a in AXES if any(a.name in r for r in summary['runs'])]
+  lines = [f"# Sweep: {summary['config']['data']}"
+           + (f" {summary['config']['way']}-way {summary['config']['shot']}-shot"
+              if 'way' in summary['config'] else ''),
+           '', f"`{summary['command']}`", '',
+           f"{summary['finished']} of {summary['total']} runs finished. Accuracy in %, "
+           'mean ± std over the finished runs (std: population, ddof 0).', '',
+           '| protocol | accuracy |', '|---|---|',
+           f"| best epoch (selected on test; what papers report) | {_pm(summary['best_accuracy'])} |",
+           f"| final epoch (no selection; honest) | {_pm(summary['final_accuracy'])} |"]
+  if summary.get('published'):
+    lines += ['', f"Published, for comparison: {summary['published']}."]
+  header = '| run | ' + ' | '.join(axes) + ' | final | best | best epoch | status |'
+  lines += ['', header, '|' + '---|' * (len(axes) + 5)]
+  for r in summary['runs']:
+    lines.append(f"| {r['run']} | " + ' | '.join(str(r.get(a, '')) for a in axes)
+                 + f" | {_pct(r.get('final_accuracy'))} | {_pct(r.get('best_accuracy'))} | "
+                 f"{r.get('best_epoch', '—')} | {r['status']} |")
+  return '\n'.join(lines) + '\n'
+
+
+def write_summary(root: str, summary: dict) -> None:
+  """summary.json and summary.md, each written whole (temporary file, then rename)."""
+  for name, text in ((SUMMARY_JSON, json.dumps(summary, indent=2) + '\n'),
+                     (SUMMARY_MD, format_markdown(summary))):
+    tmp = os.path.join(root, f'.{name}.tmp')
+    with open(tmp, 'w') as f:
+      f.write(text)
+    os.replace(tmp, os.path.join(root, name))
+
+
+# ---------------------------------------------------------------------------------------------
+# Running
+
+
+class _Forward:
+  """Passes SIGTERM on to the running child (which saves and exits) and remembers it."""
+
+  def __init__(self):
+    self.child: Optional[subprocess.Popen] = None
+    self.requested = False
+
+  def __call__(self, signum, frame):
+    del frame
+    self.requested = True
+    if self.child is not None and self.child.poll() is None:
+      self.child.send_signal(signum)
+
+
+def _last_line(path: str) -> str:
+  try:
+    with open(path, errors='replace') as f:
+      lines = [ln.strip() for ln in f if ln.strip()]
+  except OSError:
+    return ''
+  return lines[-1] if lines else ''
+
+
+def run_one(run: Run, root: str, spec: str, overrides: Sequence[str], forward: _Forward) -> int:
+  """Trains one run with main.py in a child process; its output goes to <run>/train.log."""
+  workdir = run.workdir(root)
+  os.makedirs(workdir, exist_ok=True)
+  cmd = [sys.executable, MAIN, f'--config={spec}', f'--workdir={workdir}', *overrides,
+         *run.overrides]
+  with open(os.path.join(workdir, RUN_LOG), 'a') as log:
+    log.write(f'\n$ {" ".join(cmd)}\n')
+    log.flush()
+    forward.child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    try:
+      return forward.child.wait()
+    except KeyboardInterrupt:  # Ctrl-C reaches the child too; let it finish what it is doing
+      forward.child.wait()
+      raise
+    finally:
+      forward.child = None
+
+
+def sweep(config, spec: str, root: str, runs: Sequence[Run], overrides: Sequence[str],
+          command: str) -> dict:
+  """Runs what is not finished, in order, rewriting the summary after each. Returns it."""
+  last_epoch = int(config.num_epochs)
+  forward = _Forward()
+  previous = signal.signal(signal.SIGTERM, forward)
+  try:
+    for k, run in enumerate(runs, 1):
+      if run_result(run, root, last_epoch)['status'] == 'finished':
+        print(f'[{k}/{len(runs)}] {run.name}: finished before, skipped', flush=True)
+        continue
+      print(f'[{k}/{len(runs)}] {run.name}: training (log: '
+            f'{os.path.join(run.workdir(root), RUN_LOG)})', flush=True)
+      t0 = time.time()
+      code = run_one(run, root, spec, overrides, forward)
+      log_path = os.path.join(run.workdir(root), RUN_LOG)
+      if forward.requested:
+        raise SweepError(f'stopped by SIGTERM during {run.name} (it saved); re-run the same '
+                         'command to resume')
+      if code:
+        detail = _last_line(log_path)
+        if code == 2 and detail.startswith('error: '):
+          raise SweepError(f'{run.name}: {detail[len("error: "):]}')
+        raise RuntimeError(f'{run.name} failed (exit status {code}); see {log_path}: {detail}')
+      row = run_result(run, root, last_epoch)
+      if row['status'] == 'finished':
+        print(f"[{k}/{len(runs)}] {run.name}: final {_pct(row['final_accuracy'])} %, best "
+              f"{_pct(row['best_accuracy'])} % (epoch {row['best_epoch']}), "
+              f'{(time.time() - t0) / 60:.1f} min', flush=True)
+      else:
+        print(f'[{k}/{len(runs)}] {run.name}: stopped before its last epoch '
+              f'({_last_line(log_path)})', flush=True)
+      write_summary(root, summarize([run_result(r, root, last_epoch) for r in runs], config,
+                                    command))
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+  summary = summarize([run_result(r, root, last_epoch) for r in runs], config, command)
+  write_summary(root, summary)
+  return summary
+
+
+def main(argv):
+  del argv
+  try:
+    if FLAGS.config is None:
+      raise SweepError('--config is required, e.g. --config=configs/modelnet_fewshot.py')
+    if not FLAGS.workdir:
+      raise SweepError('--workdir is required')
+    if not os.path.isfile(MAIN):
+      raise SweepError(f'{MAIN}: not found (run the sweep from a dapt-jax checkout)')
+    raw = sys.argv[1:]
+    spec = config_spec(raw)
+    overrides = config_overrides(raw)
+    runs = plan_runs(FLAGS.config, {'folds': FLAGS.folds, 'seeds': FLAGS.seeds}, overrides)
+    root = os.path.abspath(FLAGS.workdir)
+    if os.path.exists(root) and not os.path.isdir(root):
+      raise SweepError(f'--workdir={FLAGS.workdir}: exists and is not a folder')
+    check_existing(FLAGS.config, runs, root)
+    os.makedirs(root, exist_ok=True)
+    command = 'python -m dapt_jax.sweep ' + ' '.join(raw)
+    summary = sweep(FLAGS.config, spec, root, runs, overrides, command)
+  except errors.UserError as e:
+    print(f'error: {str(e).splitlines()[0] if str(e) else type(e).__name__}', file=sys.stderr)
+    sys.exit(2)
+  except KeyboardInterrupt:
+    print('error: interrupted; re-run the same command to resume', file=sys.stderr)
+    sys.exit(130)
+  best, final = summary['best_accuracy'], summary['final_accuracy']
+  print(f"{summary['finished']} of {summary['total']} runs finished; best epoch "
+        f'{_pm(best)} %, final epoch {_pm(final)} % (mean ± population std); '
+        f'{os.path.join(root, SUMMARY_MD)}')
+
+
+if __name__ == '__main__':
+  app.run(main)

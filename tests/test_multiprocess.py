@@ -1,0 +1,263 @@
+"""Two real processes on 127.0.0.1, started as README ("Several GPUs, several hosts") documents.
+
+Each process gets 2 CPU devices (4 in all) and runs
+
+    JAX_COORDINATOR_ADDRESS=127.0.0.1:PORT JAX_NUM_PROCESSES=2 JAX_PROCESS_ID=<0|1> \
+        python main.py --config=configs/synthetic.py --workdir=W --distributed <tiny overrides>
+
+training a tiny model for 2 epochs of 4 steps (global batch 16, 64 clouds), evaluating 20 test
+clouds (eval batch 8, so the last batch is half padding and process 1's part of it is all padding)
+and saving. The same command with one process and 4 devices is the reference. For pmap and
+shard_map alike the test asserts: each process sees 4 devices; the two processes' parts of every
+training batch are disjoint and together are the one-process run's global batch; the checkpoints
+have exactly the one-process run's layout (written once: no second process's data files, every
+commit marker) and restore; evaluation counts each of the 20 test clouds once; the final state
+matches the one-process run (tolerance below); a run stopped by both processes after step 6 and
+started again ends bit for bit where the uninterrupted two-process run ends.
+
+Bounded: every launch has a timeout, processes are killed (their process group) whatever happens,
+the coordinator listens on a free loopback port. A persistent compilation cache shared by the
+launches keeps the whole module to a few minutes on 2 cores.
+"""
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from dapt_jax import checkpoints as ckpt_lib
+from dapt_jax import partition
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LAUNCH_TIMEOUT_S = 600  # per launch; a healthy launch takes ~30 s on 2 idle cores
+STEPS_PER_EPOCH, EPOCHS, NUM_TEST = 4, 2, 20
+LAST_STEP = STEPS_PER_EPOCH * EPOCHS
+LR = 0.05
+
+
+def _overrides(tfds_dir):
+  """The synthetic config made tiny. optim.eps=1 (instead of 1e-8) turns Adam's update into
+  ~lr·m̂ for these gradients (|g| < 1): with eps=1e-8 the update is lr·sign-like for every entry
+  whose gradient is rounding noise (e.g. biases before a training-mode BatchNorm), so two runs
+  that round differently would differ by ~lr in those entries after one step, and the
+  comparison below could not tell rounding from a bug. lr=0.05 makes the parameters move by
+  ~1e-2 over the run, the size of what a bug would change."""
+  fields = {
+      'model.trans_dim': 32, 'model.encoder_dims': 32, 'model.depth': 1, 'model.num_heads': 2,
+      'model.num_group': 8, 'model.group_size': 8, 'model.rank': 4, 'model.num_classes': 4,
+      'data.num_points': 64, 'data.point_all': 80, 'data.synthetic_points': 128,
+      'data.synthetic_num_train': 64, 'data.synthetic_num_test': NUM_TEST,
+      'data.synthetic_num_classes': 4, 'data.tfds_data_dir': tfds_dir,
+      'batch_size': 16, 'num_epochs': EPOCHS - 1, 'optim.warmup_epochs': 0, 'optim.lr': LR,
+      'optim.eps': 1.0, 'eval.every_epochs': 1, 'eval.batch_size': 8,
+      'checkpoint.every_epochs': 1, 'checkpoint.keep': 2, 'log_every_steps': 1,
+      'progress_bar': False,
+  }
+  return [f'--config.{k}={v}' for k, v in fields.items()]
+
+
+def _free_loopback_port():
+  with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def _launch(base, name, parallel, processes, extra=(), workdir_name=None):
+  """Runs main.py as `processes` processes (1: plain; 2: README's multi-host start) on the
+  workdir `workdir_name` (default: `name`); logs and loader index logs go by `name`.
+
+  Returns (workdir, index-log folder, [log text per process]); asserts every process exited 0.
+  """
+  workdir = os.path.join(base, workdir_name or name)
+  index_dir = os.path.join(base, 'indices', name)
+  args = [sys.executable, 'main.py', '--config=configs/synthetic.py', f'--workdir={workdir}',
+          f'--config.parallel={parallel}', *_overrides(os.path.join(base, 'tfds')), *extra]
+  env = {k: v for k, v in os.environ.items() if not k.startswith(('JAX_', 'XLA_'))}
+  env.update(JAX_PLATFORMS='cpu', DAPT_JAX_LOG_INDICES=index_dir,
+             JAX_COMPILATION_CACHE_DIR=os.path.join(base, 'jax_cache'),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+             XLA_FLAGS=f'--xla_force_host_platform_device_count={4 // processes}')
+  if processes > 1:
+    address = f'127.0.0.1:{_free_loopback_port()}'
+    # JAX's coordinator would listen on every interface ([::]:port) unless told otherwise.
+    env.update(JAX_COORDINATOR_ADDRESS=address, JAX_COORDINATOR_BIND_ADDRESS=address,
+               JAX_NUM_PROCESSES=str(processes))
+    args.append('--distributed')
+  procs, logs = [], []
+  try:
+    for p in range(processes):
+      log_path = os.path.join(base, f'{name}.process{p}.log')
+      logs.append(log_path)
+      with open(log_path, 'w') as out:
+        procs.append(subprocess.Popen(args, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                      env=dict(env, JAX_PROCESS_ID=str(p)),
+                                      start_new_session=True))
+    for proc in procs:
+      proc.wait(timeout=LAUNCH_TIMEOUT_S)
+  finally:
+    for proc in procs:  # reap whatever is left (a timeout, a failed sibling, an interrupt)
+      if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+  texts = [open(path).read() for path in logs]
+  for p, (proc, text) in enumerate(zip(procs, texts)):
+    assert proc.returncode == 0, f'{name} process {p} exited {proc.returncode}:\n{text[-3000:]}'
+  return workdir, index_dir, texts
+
+
+def _devices(log_text):
+  m = re.search(r'Devices: (\d+) \(\w+\), processes: (\d+)', log_text)
+  assert m, 'no device line in the log'
+  return int(m.group(1)), int(m.group(2))
+
+
+def _index_log(index_dir, processes):
+  """{('train', epoch, batch) | ('eval', batch): {process: indices}} from the loaders' logs."""
+  out = {}
+  for p in range(processes):
+    with open(os.path.join(index_dir, f'indices_{p}.jsonl')) as f:
+      for line in f:
+        r = json.loads(line)
+        key = (r['loader'], r['epoch'], r['batch']) if r['loader'] == 'train' else (
+            'eval', r['batch'])
+        assert p not in out.setdefault(key, {}), f'{key} read twice by process {p}'
+        out[key][p] = r['indices']
+  return out
+
+
+def _metrics(workdir, split):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [r for r in map(json.loads, f) if r['split'] == split]
+
+
+def _layout(workdir):
+  """Relative paths under checkpoints/, with orbax's content-hashed data files as '*'."""
+  root = os.path.join(workdir, 'checkpoints')
+  paths = set()
+  for folder, dirs, files in os.walk(root):
+    rel = os.path.relpath(folder, root)
+    for name in dirs + files:
+      hashed = os.path.basename(folder) == 'd'
+      paths.add(os.path.join(rel, '*' if hashed else name))
+  return paths
+
+
+def _steps(workdir, which):
+  return sorted(int(s) for s in os.listdir(os.path.join(workdir, 'checkpoints', which)))
+
+
+def _final(workdir):
+  """Final {'params', 'batch_stats'} through the library's own restore (what init_from and
+  --mode=eval read), flattened, and the final save's data position."""
+  variables, step = ckpt_lib.workdir_variables(workdir, 'last')
+  assert step == LAST_STEP
+  with open(os.path.join(workdir, 'checkpoints', 'last', str(step), 'meta', 'metadata')) as f:
+    meta = json.load(f)
+  flat = {f'{c}/{k}': np.asarray(v) for c in variables
+          for k, v in partition.flatten(variables[c]).items()}
+  return flat, meta
+
+
+@pytest.fixture(scope='module')
+def base(tmp_path_factory):
+  return str(tmp_path_factory.mktemp('multiprocess'))
+
+
+@pytest.fixture(scope='module')
+def reference(base):
+  """One process with 4 devices: the same global batch, seed and device count. It also prepares
+  the dataset once, as README asks before a multi-host run."""
+  workdir, index_dir, (text,) = _launch(base, 'one_process', 'shard_map', 1)
+  assert _devices(text) == (4, 1)
+  return workdir, _index_log(index_dir, 1)
+
+
+# The two-process runs differ from the one-process run only in the order in which the 4
+# devices' partial results are summed (gradients and BatchNorm statistics: an all-reduce across
+# processes instead of within one); every device computes on the same samples with the same
+# program. Rounding: a quantity L ≈ 16 layers deep built from sums of up to n = 512 terms carries
+# a relative rounding error of about sqrt(L·n)·u = 90 × 6.0e-8 = 5.4e-6 (u = 2**-24; independent
+# roundings add in quadrature; the worst case L·n·u = 4.9e-4 is not reached). Through T = 8 steps
+# whose update is ~lr·g (eps=1, see _overrides) with gradient entries |g| <= G = 10 (the clip
+# norm), parameters then differ by at most T·lr·5.4e-6·G = 2.2e-5. A wrong shard, a missing
+# cross-process mean or a lost step moves them by ~1e-2 (epoch 1 alone moves them that much).
+PARAMS_ATOL = 2.2e-5
+# BatchNorm running statistics average batch means of activations; their rounding is ~5.4e-6
+# relative to the activations, not to the means, which are up to ~20x smaller after the
+# cancellation in a roughly centred batch mean: 1e-4 relative to the statistic's scale (or 1).
+STATS_RTOL = 1e-4
+
+
+def _assert_matches_reference(flat, ref_flat):
+  assert flat.keys() == ref_flat.keys()
+  for path, want in ref_flat.items():
+    got = flat[path]
+    assert got.shape == want.shape and got.dtype == want.dtype, path
+    if path.startswith('batch_stats/'):
+      assert np.abs(got - want).max() <= STATS_RTOL * max(1.0, np.abs(want).max()), path
+    else:  # frozen parameters never change; trainable ones within the rounding bound
+      assert np.abs(got - want).max() <= PARAMS_ATOL, path
+
+
+@pytest.mark.parametrize('parallel', ['pmap', 'shard_map'])
+def test_two_processes_train_evaluate_save_and_resume_like_one(base, reference, parallel):
+  ref_dir, ref_index = reference
+
+  # --- An uninterrupted two-process run.
+  workdir, index_dir, texts = _launch(base, f'{parallel}_uninterrupted', parallel, 2)
+  assert [_devices(t) for t in texts] == [(4, 2), (4, 2)]  # every process sees 4 devices
+
+  # Every training batch: two disjoint halves that together are the one-process global batch.
+  index = _index_log(index_dir, 2)
+  train_keys = [('train', e, j) for e in range(EPOCHS) for j in range(STEPS_PER_EPOCH)]
+  assert sorted(k for k in index if k[0] == 'train') == train_keys
+  for key in train_keys:
+    part0, part1 = index[key][0], index[key][1]
+    assert len(part0) == len(part1) == 8 and not set(part0) & set(part1), key
+    assert part0 + part1 == ref_index[key][0], key
+
+  # Evaluation: each test cloud read once over both processes, and counted once.
+  eval_keys = sorted(k for k in index if k[0] == 'eval')
+  assert eval_keys == [('eval', b) for b in range(-(-NUM_TEST // 8))]
+  read = [i for k in eval_keys for p in (0, 1) for i in index[k][p] if i >= 0]
+  assert read == list(range(NUM_TEST))
+  assert index[eval_keys[-1]][1] == [-1] * 4  # process 1's part of the last batch: padding only
+  (evaluation,), (ref_evaluation,) = _metrics(workdir, 'eval'), _metrics(ref_dir, 'eval')
+  assert evaluation['num_samples'] == ref_evaluation['num_samples'] == NUM_TEST
+  # Same predictions up to rounding: a near-tied cloud may flip, hence one cloud of slack.
+  assert abs(evaluation['accuracy'] - ref_evaluation['accuracy']) <= 1 / NUM_TEST + 1e-12
+
+  # Checkpoints: the one-process run's layout exactly (one writer, every commit marker, no
+  # temporary folders left), at the expected steps, and restorable.
+  assert _layout(workdir) == _layout(ref_dir)
+  assert _steps(workdir, 'last') == [LAST_STEP - STEPS_PER_EPOCH, LAST_STEP]
+  assert _steps(workdir, 'best') == [LAST_STEP]
+  flat, meta = _final(workdir)
+  ref_flat, ref_meta = _final(ref_dir)
+  assert meta['loader'] == ref_meta['loader'] and meta['loader']['epoch'] == EPOCHS
+  _assert_matches_reference(flat, ref_flat)
+
+  # --- Stopped by both processes after step 6 (mid-epoch), then the same command again.
+  resumed = f'{parallel}_resumed'
+  _, first_index, texts = _launch(base, f'{parallel}_stopped', parallel, 2,
+                                  ['--config.max_steps=6'], workdir_name=resumed)
+  assert all('stopped after step 6' in t for t in texts)
+  assert _steps(os.path.join(base, resumed), 'last') == [4, 6]
+  resumed_dir, second_index, texts = _launch(base, resumed, parallel, 2)
+  assert all('Resumed from step 6 (epoch 1, batch 2)' in t for t in texts)
+  # The data stream goes on exactly where it stopped ...
+  first, second = _index_log(first_index, 2), _index_log(second_index, 2)
+  assert sorted(k for k in first if k[0] == 'train') == train_keys[:6]
+  assert sorted(k for k in second if k[0] == 'train') == train_keys[6:]
+  assert {**first, **second} == {k: v for k, v in index.items() if k in first or k in second}
+  # ... and the run ends bit for bit where the uninterrupted one did.
+  resumed_flat, resumed_meta = _final(resumed_dir)
+  assert resumed_meta['loader'] == meta['loader']
+  for path, value in flat.items():
+    np.testing.assert_array_equal(resumed_flat[path], value, err_msg=path)
+  assert _metrics(resumed_dir, 'eval')[-1]['accuracy'] == evaluation['accuracy']
