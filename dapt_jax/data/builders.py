@@ -324,6 +324,9 @@ class ModelNetFewshot(_LocalBuilder):
     fold = fewshot.load_fold(cfg.path, cfg.way, cfg.shot)
     return {split: _examples(fold.points[split], fold.labels[split]) for split in fewshot.SPLITS}
 
+  def _generate_examples(self, **unused):
+    raise NotImplementedError
+
 
 @dataclasses.dataclass
 class FolderConfig(tfds.core.BuilderConfig):
