@@ -303,12 +303,12 @@ def _data_fields(config, ctx: Context) -> None:
 @register('workdir')
 def _workdir(config, ctx: Context) -> None:
   from dapt_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
-  if ctx.mode in ('eval', 'predict') and not _get(config, 'init_from', None):
+  if ctx.mode == 'eval' and not _get(config, 'init_from', None):
     root = os.path.join(ctx.workdir or '', 'checkpoints')
     if not (ctx.workdir and os.path.isdir(os.path.join(root, 'last'))
             and os.path.isdir(os.path.join(root, 'frozen'))):
-      where = f'--workdir={ctx.workdir} holds no trained run' if ctx.workdir else 'no --workdir'
-      raise ConfigError(f'nothing to {ctx.mode}: {where} and no --config.init_from was given')
+      raise ConfigError(f'nothing to evaluate: --workdir={ctx.workdir} holds no trained run and '
+                        'no --config.init_from was given')
   if ctx.mode in ('predict', 'summary') or ctx.workdir is None:
     return
   workdir_lib.check_writable(ctx.workdir)

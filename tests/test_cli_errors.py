@@ -144,7 +144,7 @@ CASES = {
     'modelnet40_data_missing': (['--config=configs/modelnet40.py',
                                  '--config.data.data_dir={top}/nowhere'],
                                 ['ModelNet40', 'nowhere']),
-    'eval_with_nothing_to_evaluate': (['--mode=eval'], ['nothing to eval']),
+    'eval_with_nothing_to_evaluate': (['--mode=eval'], ['nothing to evaluate']),
 }
 
 
