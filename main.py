@@ -86,6 +86,9 @@ def main(argv):
   config = FLAGS.config
   try:
     # Everything that can be checked is checked before the workdir is touched or a model built.
+    if FLAGS.mode in ('train', 'eval'):
+      from dapt_jax.data import classes  # pylint: disable=g-import-not-at-top
+      config = classes.fit_to_data(config)  # folder data: prepared, model.num_classes set
     validate.check_run(config, FLAGS.workdir, FLAGS.mode)
     from dapt_jax import train  # pylint: disable=g-import-not-at-top
     if FLAGS.mode == 'train':

@@ -193,8 +193,10 @@ def _model(config, ctx: Context) -> None:
   del ctx
   from dapt_jax import model as model_lib  # pylint: disable=g-import-not-at-top
   for field in ('trans_dim', 'depth', 'num_heads', 'num_group', 'group_size', 'rank',
-                'num_classes', 'encoder_dims'):
+                'encoder_dims'):
     _int(config, f'model.{field}', minimum=1)
+  # The folder dataset takes its class count from the class folders when num_classes is 0.
+  _int(config, 'model.num_classes', minimum=0 if str(config.data.name) == 'folder' else 1)
   width, heads = _get(config, 'model.trans_dim'), _get(config, 'model.num_heads')
   if width % heads:
     raise ConfigError(f'config.model.num_heads={heads}: must divide config.model.trans_dim='
@@ -354,6 +356,8 @@ def variable_shapes(config: Any) -> dict[str, dict[str, tuple[int, ...]]]:
 @register('model shapes')
 def _model_shapes(config, ctx: Context) -> None:
   from dapt_jax import partition  # pylint: disable=g-import-not-at-top
+  if config.model.num_classes == 0:  # folder data, classes not counted yet: shapes unknown
+    return
   shapes = variable_shapes(config)
   ctx.variable_shapes = shapes
   try:
