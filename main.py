@@ -25,8 +25,9 @@ from dapt_jax import errors
 config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/scanobjectnn.py:hardest.',
                                 lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and evaluation output.')
-flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict', 'summary'],
-                  'train (resumes if the workdir has a run), eval, predict, or summary (the '
+flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict', 'summary', 'tsne'],
+                  'train (resumes if the workdir has a run), eval, predict, tsne (2-D t-SNE of '
+                  'the head input over eval.split, PNG + .npy in the workdir), or summary (the '
                   'parameter table: what trains, per module and partition rule; no data).')
 flags.DEFINE_string('input', None, '--mode=predict: a cloud or mesh file, a folder or a glob '
                     '(.npy .txt .xyz .ply .pcd .h5 .off .obj .stl); writes '
@@ -113,6 +114,11 @@ def main(argv):
     elif FLAGS.mode == 'summary':
       from dapt_jax.peft import summary as summary_lib  # pylint: disable=g-import-not-at-top
       print(summary_lib.summarize(config))
+    elif FLAGS.mode == 'tsne':
+      from dapt_jax.peft import tsne  # pylint: disable=g-import-not-at-top
+      r = tsne.run(config, FLAGS.workdir)
+      print(f"t-SNE of {r['num_samples']} {r['split']} clouds ({r['feature_dim']}-D head input) "
+            f"of {r['checkpoint']}; wrote {r['png']} and {r['npy']}")
     elif FLAGS.mode == 'eval':
       m = train.evaluate_workdir(config, FLAGS.workdir)
       print(f"{m['split']}: {m['description']} over {m['num_samples']} samples "

@@ -5,6 +5,9 @@ r"""Several runs of one config (folds, seeds) in one command, and one results ta
       --config.data.data_dir=data/ModelNetFewshot
   python -m dapt_jax.sweep --config=configs/scanobjectnn.py:hardest --workdir=runs/hardest \
       --seeds=0,1,2 --config.init_from=ckpts/pointmae
+  python -m dapt_jax.sweep --config=configs/scanobjectnn.py:hardest --workdir=runs/peft \
+      --methods=full,linear,vpt_deep,idpt,pointgst,lora,adapter,dapt --seeds=0,1,2 \
+      --config.init_from=ckpts/pointmae
 
 Every `--config.*` override of main.py applies to every run. Each run is one main.py training run
 in its own workdir under --workdir, named by its place on each axis (`fold3_seed0`, `seed1`), and
@@ -22,7 +25,10 @@ std is the population standard deviation (ddof 0), as the few-shot papers comput
 summary.json also has the sample one (ddof 1).
 
 Axes are data (`AXES`): a run is one value per axis, each axis an override of one config field.
-A later axis (e.g. `--methods`, setting the fine-tuning method) is one more entry there.
+`--methods` sets the fine-tuning method (config.model.peft; runs named `dapt_seed0`, ...); the
+summary then has a row per method: trainable parameters, final- and best-epoch accuracy (mean ±
+std over its runs), the published figure where there is one, and step time and peak memory per
+sample from the runs' own logs.
 """
 from __future__ import annotations
 
@@ -58,6 +64,7 @@ class Axis:
   field: str     # the config field each value sets, e.g. 'data.fold'
   parse: Any     # str → list of values
   applies: Any = None  # config → None if the axis may be used, else why not
+  label: Any = None    # value → its part of a run name (default: name + value, e.g. 'seed0')
 
 
 class SweepError(errors.UserError):
@@ -91,7 +98,18 @@ def _fold_applies(config) -> Optional[str]:
   return None
 
 
+def parse_methods(text: str) -> list[str]:
+  """'dapt,full,idpt' → the PEFT methods (config.model.peft), in the order given, once each."""
+  from dapt_jax import peft  # pylint: disable=g-import-not-at-top  (no JAX)
+  values = [v.strip() for v in str(text).split(',')]
+  bad = [v for v in values if v not in peft.METHODS]
+  if bad:
+    raise SweepError(f'--methods={text!r}: {bad[0]!r} is not one of {", ".join(peft.METHODS)}')
+  return list(dict.fromkeys(values))
+
+
 AXES = (
+    Axis('method', 'methods', 'model.peft', parse_methods, label=str),
     Axis('fold', 'folds', 'data.fold', lambda s: parse_ints(s, 'folds'), _fold_applies),
     Axis('seed', 'seeds', 'seed', lambda s: parse_ints(s, 'seeds')),
 )
@@ -101,6 +119,8 @@ config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/model
 flags.DEFINE_string('workdir', None, 'Folder for the runs (one subfolder each) and the summary.')
 flags.DEFINE_string('folds', None, 'Few-shot folds, e.g. 0-9 (sets --config.data.fold).')
 flags.DEFINE_string('seeds', '0', 'Seeds, e.g. 0,1,2 (sets --config.seed).')
+flags.DEFINE_string('methods', None, 'PEFT methods, e.g. full,linear,vpt_deep,idpt,pointgst,lora,'
+                    'adapter,dapt (sets --config.model.peft).')
 FLAGS = flags.FLAGS
 
 
@@ -138,7 +158,9 @@ def plan_runs(config, axis_values: dict[str, str], overrides: Sequence[str]) -> 
   runs = []
   for combo in itertools.product(*[values for _, values in used]):
     pairs = tuple((axis.name, value) for (axis, _), value in zip(used, combo))
-    runs.append(Run(name='_'.join(f'{n}{v}' for n, v in pairs), values=pairs,
+    labels = [axis.label(value) if axis.label else f'{axis.name}{value}'
+              for (axis, _), value in zip(used, combo)]
+    runs.append(Run(name='_'.join(labels), values=pairs,
                     overrides=tuple(f'--config.{axis.field}={value}'
                                     for (axis, _), value in zip(used, combo))))
   return runs
@@ -219,11 +241,43 @@ def _evals(workdir: str) -> dict[int, dict]:
   return out
 
 
+def _resources(workdir: str) -> dict:
+  """Step time and peak memory per sample, from the run's own metrics.jsonl and config.json:
+  the median of its logged samples/s (robust to the first interval, which holds compilation),
+  and its peak memory (the accelerator allocator's peak where there is one, else the process's
+  peak resident set, which on CPU includes the compiler)."""
+  path, config_path = os.path.join(workdir, METRICS_FILE), os.path.join(workdir, 'config.json')
+  if not (os.path.isfile(path) and os.path.isfile(config_path)):
+    return {}
+  with open(config_path) as f:
+    batch = json.load(f).get('batch_size')
+  rates, device, rss = [], [], []
+  with open(path) as f:
+    for line in f:
+      if line.strip():
+        r = json.loads(line)
+        if r.get('split') == 'train':
+          rates += [r['samples_per_second']] if r.get('samples_per_second') else []
+          device += [r['peak_device_bytes']] if r.get('peak_device_bytes') else []
+          rss += [r['peak_rss_bytes']] if r.get('peak_rss_bytes') else []
+  out = {}
+  if rates and batch:
+    rates.sort()
+    half = len(rates) // 2
+    median = rates[half] if len(rates) % 2 else 0.5 * (rates[half - 1] + rates[half])
+    out['step_time_s'] = batch / median
+  peak, source = ((max(device), 'device allocator') if device
+                  else (max(rss), 'host RSS') if rss else (None, None))
+  if peak and batch:
+    out.update(peak_bytes=peak, peak_bytes_per_sample=peak / batch, peak_source=source)
+  return out
+
+
 def run_result(run: Run, root: str, last_epoch: int) -> dict:
   """A run's row: final- and best-epoch accuracy once it has evaluated its last epoch."""
   evals = _evals(run.workdir(root))
   row = {'run': run.name, **dict(run.values), 'workdir': run.workdir(root),
-         'epochs_evaluated': len(evals)}
+         'epochs_evaluated': len(evals), **_resources(run.workdir(root))}
   if last_epoch not in evals:
     row['status'] = 'unfinished'
     return row
@@ -259,11 +313,71 @@ PUBLISHED = {  # (data.name, way, shot) → what the paper tables report, for co
 }
 
 
-def summarize(rows: Sequence[dict], config, command: str) -> dict:
+# Published accuracy (%) per method, Point-MAE backbone: the PointGST paper's table (SPEC §9; the
+# DAPT row equals the DAPT README). Methods without a verified figure have none (SPEC §9, §11).
+PUBLISHED_METHODS = {
+    'scan_object_nn/objbg': {'full': 90.02, 'idpt': 91.22, 'dapt': 90.88, 'pointgst': 91.74},
+    'scan_object_nn/objonly': {'full': 88.29, 'idpt': 90.02, 'dapt': 90.19, 'pointgst': 90.19},
+    'scan_object_nn/hardest': {'full': 85.18, 'idpt': 84.94, 'dapt': 85.08, 'pointgst': 85.29},
+    'modelnet40': {'full': 93.2, 'idpt': 93.3, 'dapt': 93.5, 'pointgst': 93.5},
+}
+
+
+def parameter_counts(config, methods: Sequence[str]) -> dict[str, dict[str, int]]:
+  """{method: {'trainable', 'total'}} of the config's model with each method (shapes only)."""
+  from dapt_jax import model as model_lib  # pylint: disable=g-import-not-at-top  (pulls in JAX)
+  from dapt_jax import partition  # pylint: disable=g-import-not-at-top
+  from dapt_jax.peft import summary as summary_lib  # pylint: disable=g-import-not-at-top
+  out = {}
+  for method in methods:
+    cfg = config.copy_and_resolve_references()
+    with cfg.unlocked():
+      cfg.model.peft = method
+    try:
+      params = summary_lib.parameter_shapes(cfg)['params']
+      counts = partition.count(params, partition.label_params(params, partition.rules_for(cfg)))
+    except (model_lib.ModelConfigError, partition.PartitionError) as e:
+      raise SweepError(f'--methods {method}: {errors.one_line(e)}') from None
+    out[method] = dict(counts['total'])
+  return out
+
+
+def _method_summary(rows: Sequence[dict], data_name: str, counts: dict) -> dict:
+  out = {}
+  for method in dict.fromkeys(r['method'] for r in rows if 'method' in r):
+    mine = [r for r in rows if r.get('method') == method]
+    done = [r for r in mine if r['status'] == 'finished']
+    timed = [r for r in done if r.get('step_time_s')]
+    peaked = [r for r in done if r.get('peak_bytes_per_sample')]
+    out[method] = {
+        'runs': len(mine), 'finished': len(done),
+        'trainable_parameters': (counts.get(method) or {}).get('trainable'),
+        'total_parameters': (counts.get(method) or {}).get('total'),
+        'final_accuracy': mean_std([r['final_accuracy'] for r in done]),
+        'best_accuracy': mean_std([r['best_accuracy'] for r in done]),
+        'step_time_s': mean_std([r['step_time_s'] for r in timed]),
+        'peak_bytes_per_sample': mean_std([r['peak_bytes_per_sample'] for r in peaked]),
+        'peak_source': peaked[0]['peak_source'] if peaked else None,
+        'published': PUBLISHED_METHODS.get(data_name, {}).get(method),
+    }
+  return out
+
+
+METHODS_PROTOCOL = (
+    "per method: mean ± population std over its finished runs; step time = global batch / the "
+    "median of the run's logged samples/s; peak memory per sample = the run's peak (the device "
+    "allocator's, else the host process's resident set, compiler included) / global batch; "
+    "published = the PointGST paper's table (SPEC §9)")
+
+
+def summarize(rows: Sequence[dict], config, command: str,
+              counts: Optional[dict] = None) -> dict:
   done = [r for r in rows if r['status'] == 'finished']
   dc = config.data
   key = (dc.name, dc.way, dc.shot) if dc.name == 'modelnet_fewshot' else (dc.name, None, None)
+  methods = _method_summary(rows, dc.name, counts or {})
   return {
+      **({'methods': methods, 'methods_protocol': METHODS_PROTOCOL} if methods else {}),
       'command': command,
       'config': {'data': dc.name, 'num_epochs': config.num_epochs,
                  **({'way': dc.way, 'shot': dc.shot} if dc.name == 'modelnet_fewshot' else {})},
@@ -291,6 +405,26 @@ def _pm(stats: dict) -> str:
   return f"{100 * stats['mean']:.2f} ± {100 * stats['std']:.2f}"
 
 
+def _method_lines(summary: dict) -> list[str]:
+  ms = summary['methods']
+  mib = lambda st: '—' if not st['n'] else f"{st['mean'] / 2**20:.1f}"
+  msec = lambda st: '—' if not st['n'] else f"{1000 * st['mean']:.0f}"
+  sources = {m['peak_source'] for m in ms.values() if m['peak_source']}
+  lines = ['', '## Methods', '',
+           "Accuracy in %, mean ± std over each method's finished runs (population std); step "
+           'time and peak memory from the runs themselves'
+           + (f" (peak: {', '.join(sorted(sources))})" if sources else '') + '.', '',
+           '| method | trainable | final epoch | best epoch | published | step (ms) | '
+           'peak / sample (MiB) | runs |', '|---|---:|---:|---:|---:|---:|---:|---:|']
+  for name, m in ms.items():
+    trainable = '—' if m['trainable_parameters'] is None else f"{m['trainable_parameters']:,}"
+    published = '—' if m['published'] is None else f"{m['published']:.2f}"
+    lines.append(f"| {name} | {trainable} | {_pm(m['final_accuracy'])} | "
+                 f"{_pm(m['best_accuracy'])} | {published} | {msec(m['step_time_s'])} | "
+                 f"{mib(m['peak_bytes_per_sample'])} | {m['finished']}/{m['runs']} |")
+  return lines
+
+
 def format_markdown(summary: dict) -> str:
   axes = [a.name for a in AXES if any(a.name in r for r in summary['runs'])]
   lines = [f"# Sweep: {summary['config']['data']}"
@@ -302,8 +436,10 @@ def format_markdown(summary: dict) -> str:
            '| protocol | accuracy |', '|---|---|',
            f"| best epoch (selected on test; what papers report) | {_pm(summary['best_accuracy'])} |",
            f"| final epoch (no selection; honest) | {_pm(summary['final_accuracy'])} |"]
-  if summary.get('published'):
+  if summary.get('published') and not summary.get('methods'):
     lines += ['', f"Published, for comparison: {summary['published']}."]
+  if summary.get('methods'):
+    lines += _method_lines(summary)
   header = '| run | ' + ' | '.join(axes) + ' | final | best | best epoch | status |'
   lines += ['', header, '|' + '---|' * (len(axes) + 5)]
   for r in summary['runs']:
@@ -370,7 +506,7 @@ def run_one(run: Run, root: str, spec: str, overrides: Sequence[str], forward: _
 
 
 def sweep(config, spec: str, root: str, runs: Sequence[Run], overrides: Sequence[str],
-          command: str) -> dict:
+          command: str, counts: Optional[dict] = None) -> dict:
   """Runs what is not finished, in order, rewriting the summary after each. Returns it."""
   last_epoch = int(config.num_epochs)
   forward = _Forward()
@@ -402,10 +538,10 @@ def sweep(config, spec: str, root: str, runs: Sequence[Run], overrides: Sequence
         print(f'[{k}/{len(runs)}] {run.name}: stopped before its last epoch '
               f'({_last_line(log_path)})', flush=True)
       write_summary(root, summarize([run_result(r, root, last_epoch) for r in runs], config,
-                                    command))
+                                    command, counts))
   finally:
     signal.signal(signal.SIGTERM, previous)
-  summary = summarize([run_result(r, root, last_epoch) for r in runs], config, command)
+  summary = summarize([run_result(r, root, last_epoch) for r in runs], config, command, counts)
   write_summary(root, summary)
   return summary
 
@@ -422,14 +558,18 @@ def main(argv):
     raw = sys.argv[1:]
     spec = config_spec(raw)
     overrides = config_overrides(raw)
-    runs = plan_runs(FLAGS.config, {'folds': FLAGS.folds, 'seeds': FLAGS.seeds}, overrides)
+    runs = plan_runs(FLAGS.config, {'methods': FLAGS.methods, 'folds': FLAGS.folds,
+                                    'seeds': FLAGS.seeds}, overrides)
     root = os.path.abspath(FLAGS.workdir)
     if os.path.exists(root) and not os.path.isdir(root):
       raise SweepError(f'--workdir={FLAGS.workdir}: exists and is not a folder')
     check_existing(FLAGS.config, runs, root)
+    # Each method's parameter counts (and a config each method can build), before anything runs.
+    counts = (parameter_counts(FLAGS.config, parse_methods(FLAGS.methods))
+              if FLAGS.methods else None)
     os.makedirs(root, exist_ok=True)
     command = 'python -m dapt_jax.sweep ' + ' '.join(raw)
-    summary = sweep(FLAGS.config, spec, root, runs, overrides, command)
+    summary = sweep(FLAGS.config, spec, root, runs, overrides, command, counts)
   except errors.UserError as e:
     print(f'error: {str(e).splitlines()[0] if str(e) else type(e).__name__}', file=sys.stderr)
     sys.exit(2)

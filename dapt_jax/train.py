@@ -11,6 +11,7 @@ import math
 import os
 import shutil
 import signal
+import sys
 import time
 from typing import Optional
 
@@ -169,6 +170,19 @@ class _Preemption:
       signal.signal(signal.SIGTERM, self._previous)
 
 
+def _peak_memory() -> dict:
+  """Peak memory so far, logged with the training metrics (the sweep reports it per method): the
+  accelerator allocator's peak where it keeps one, and the process's peak resident set."""
+  import resource  # pylint: disable=g-import-not-at-top
+  kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+  out = {'peak_rss_bytes': kib if sys.platform == 'darwin' else kib * 1024}
+  stats = [d.memory_stats() for d in jax.local_devices()]
+  peaks = [s['peak_bytes_in_use'] for s in stats if s and 'peak_bytes_in_use' in s]
+  if peaks:
+    out['peak_device_bytes'] = max(peaks)
+  return out
+
+
 def _progress(total: int, initial: int, enabled: bool):
   if not enabled or jax.process_index() != 0:
     return None
@@ -270,6 +284,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             elapsed = max(time.time() - t0, 1e-9)
             m = {k: float(v) for k, v in m.items()}
             m.update(lr=float(schedule(step - 1)), samples_per_second=seen / elapsed)
+            m.update(_peak_memory())
             writer.write('train', step, epoch, m)
             if bar is not None:
               bar.set_postfix(epoch=epoch, loss=f"{m['loss']:.3f}",

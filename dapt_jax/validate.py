@@ -33,7 +33,7 @@ from typing import Any, Callable, Optional
 
 from dapt_jax import errors
 
-MODES = ('train', 'eval', 'predict', 'summary')  # summary: the parameter table, no data
+MODES = ('train', 'eval', 'predict', 'summary', 'tsne')  # summary: parameter table, no data
 PARALLEL_MODES = ('pmap', 'shard_map')
 DTYPES = ('float32', 'bfloat16', 'float64')  # float64: checks against the reference (x64)
 
@@ -305,7 +305,7 @@ def _data_fields(config, ctx: Context) -> None:
 @register('workdir')
 def _workdir(config, ctx: Context) -> None:
   from dapt_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
-  if ctx.mode == 'eval' and not _get(config, 'init_from', None):
+  if ctx.mode in ('eval', 'tsne') and not _get(config, 'init_from', None):
     root = os.path.join(ctx.workdir or '', 'checkpoints')
     if not (ctx.workdir and os.path.isdir(os.path.join(root, 'last'))
             and os.path.isdir(os.path.join(root, 'frozen'))):

@@ -231,5 +231,26 @@ def test_main_summary_mode_needs_no_data_or_workdir():
   bad = _main('--config=configs/scanobjectnn.py:hardest', '--mode=summary',
               '--config.model.peft=prefix')
   assert bad.returncode == 2
-  assert bad.stderr.strip().splitlines()[-1].startswith("error: model.peft='prefix'")
+  assert bad.stderr.strip().splitlines()[-1].startswith("error: config.model.peft='prefix'")
   assert 'Traceback' not in bad.stderr
+
+
+@pytest.mark.parametrize('method,pieces', [('dapt', 2), ('idpt', 3)])
+def test_tsne_features_are_what_the_head_reads(method, pieces):
+  """--mode=tsne embeds the head's input: the head applied to it gives the model's logits."""
+  from dapt_jax.peft import tsne  # pylint: disable=g-import-not-at-top
+  net = model_lib.build_model(dict(TINY, peft=method))
+  variables = model_lib.init_variables(net, jax.random.PRNGKey(4), 64)
+  pts = np.random.default_rng(3).normal(size=(3, 64, 3)).astype(np.float32)
+  head = model_lib.ClassifierHead(5, 0.0)
+
+  @jax.jit
+  def run(variables, pts):
+    f = tsne.head_input(net, variables, pts)
+    via_head = head.apply({'params': variables['params']['head'],
+                           'batch_stats': variables['batch_stats']['head']}, f, False)
+    return f, via_head, net.apply(variables, pts, train=False)
+
+  f, via_head, logits = run(variables, pts)
+  assert f.shape == (3, pieces * 32)
+  np.testing.assert_allclose(np.asarray(via_head), np.asarray(logits), atol=1e-6, rtol=0)

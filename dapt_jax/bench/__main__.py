@@ -84,9 +84,26 @@ def _parse(argv):
   p.add_argument('--loader', action='store_true',
                  help='measure the input pipeline alone (dapt_jax.bench.loader) instead')
   p.add_argument('--one', default=None, help=argparse.SUPPRESS)  # child: one JSON spec
+  # Training memory against batch size for the PEFT methods (dapt_jax/bench/memory_sweep.py).
+  p.add_argument('--memory-sweep', action='store_true',
+                 help='training memory vs batch (16..512, or --batches) for every PEFT method: '
+                 'DIR/memory_sweep.png/.md/.json')
+  p.add_argument('--methods', default=None,
+                 help='--memory-sweep: comma list of PEFT methods (default: all eight)')
+  p.add_argument('--points', type=int, default=2048, help='--memory-sweep: points per cloud')
+  p.add_argument('--memory-one', default=None, help=argparse.SUPPRESS)  # child: one JSON spec
   args = p.parse_args(argv)
-  if args.one is None:
+  if args.one is None and args.memory_one is None:
     _check_args(args)
+    if args.methods is not None:
+      from dapt_jax.bench import memory_sweep  # pylint: disable=g-import-not-at-top
+      bad = [m for m in args.methods.split(',') if m not in memory_sweep.METHODS]
+      if bad or not args.memory_sweep:
+        raise UsageError(f'--methods={args.methods}: ' + (
+            f'{bad[0]!r} is not one of {", ".join(memory_sweep.METHODS)}' if bad
+            else 'only with --memory-sweep'))
+    if args.points < 32:
+      raise UsageError(f'--points={args.points}: must be >= 32')
   return args
 
 
@@ -101,6 +118,16 @@ def main(argv=None) -> None:
   args = _parse(argv if argv is not None else sys.argv[1:])
   if args.one is not None:
     _child(args.one)
+    return
+  if args.memory_one is not None or args.memory_sweep:
+    from dapt_jax.bench import memory_sweep  # pylint: disable=g-import-not-at-top
+    if args.memory_one is not None:
+      memory_sweep.child(args.memory_one)
+    else:
+      memory_sweep.main(args.out, (args.methods or ','.join(memory_sweep.METHODS)).split(','),
+                        [int(b) for b in args.batches.split(',')] if args.batches
+                        else memory_sweep.BATCHES, json.loads(args.model) if args.model else {},
+                        args.points)
     return
   if args.loader:
     from dapt_jax.bench import loader  # pylint: disable=g-import-not-at-top

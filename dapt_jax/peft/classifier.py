@@ -57,7 +57,8 @@ class PEFTClassifier(nn.Module):
     return tokenizer.group_points(points, self.num_group, self.group_size)
 
   def __call__(self, points: Array, train: bool = False) -> Array:
-    """points: [B, N, 3] float32 → logits [B, num_classes] float32."""
+    """points: [B, N, 3] float32 → logits [B, num_classes] float32 (float64 for dtype float64)."""
+    points = points.astype(jnp.promote_types(points.dtype, self.dtype))  # float64 model: FPS too
     neighborhood, centers = self.tokenize(points)
     return self.from_groups(neighborhood, centers, train)
 
