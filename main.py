@@ -32,6 +32,8 @@ flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict', 'summary', 'tsne
 flags.DEFINE_string('input', None, '--mode=predict: a cloud or mesh file, a folder or a glob '
                     '(.npy .txt .xyz .ply .pcd .h5 .off .obj .stl); writes '
                     '<workdir>/predictions.csv.')
+flags.DEFINE_string('category', None, '--mode=predict with a part-segmentation config: the '
+                    'object category of the input cloud(s), e.g. --category=Chair.')
 flags.DEFINE_bool('distributed', None, 'Call jax.distributed.initialize() (multi-host). Default: '
                   'when a cluster environment (SLURM, TPU pod, JAX_COORDINATOR_ADDRESS) is seen.')
 flags.DEFINE_bool('debug', False, 'Print the traceback of a user error too (as DAPT_JAX_DEBUG=1).')
@@ -111,6 +113,11 @@ def main(argv):
               + (f'; {best_text}' if best_text else ''))
       if summary['stopped'] == 'preempted':
         return errors.EXIT_PREEMPTED  # a scheduler requeues on this status
+      if config.task == 'segmentation' and summary['best_epoch'] is not None:
+        from dapt_jax.tasks import segmentation  # pylint: disable=g-import-not-at-top
+        figure = segmentation.save_figure(config, FLAGS.workdir)
+        if figure:
+          print(f'wrote {figure} (test shapes coloured by predicted parts)')
     elif FLAGS.mode == 'summary':
       from dapt_jax.peft import summary as summary_lib  # pylint: disable=g-import-not-at-top
       print(summary_lib.summarize(config))
@@ -124,6 +131,10 @@ def main(argv):
       print(f"{m['split']}: {m['description']} over {m['num_samples']} samples "
             f"(votes={m['votes']}) of {m['checkpoint']}; wrote "
             f"{FLAGS.workdir}/eval_{m['split']}.json")
+    elif config.task == 'segmentation':
+      from dapt_jax.tasks import segmentation  # pylint: disable=g-import-not-at-top
+      print(segmentation.predict_summary(segmentation.predict_parts(
+          config, FLAGS.workdir, FLAGS.input, FLAGS.category)))
     else:
       from dapt_jax import predict  # pylint: disable=g-import-not-at-top
       print(predict.summary(predict.predict(config, FLAGS.workdir, FLAGS.input)))

@@ -45,6 +45,14 @@ Point-MAE's pre-training layout instead: all 209 entries (MAE_encoder.*, MAE_dec
 decoder_pos_embed.*, increase_dim.*, mask_token, BatchNorm buffers), which Point-MAE loads
 strictly and every fine-tuning code base reads as a backbone.
 
+Part segmentation. Point-MAE's fine-tuned segmentation checkpoints ({'model_state_dict': ...}
+with label_conv.*, propagation_0.*, convs1-3, bns1-2) are recognised by themselves and convert to
+configs/shapenetpart.py:pointmae (Point-MAE's own network) unless --config says otherwise. A
+pre-training checkpoint converts to the segmentation network's backbone with
+--config configs/shapenetpart.py[:variant]. --to-torch of a segmentation run or checkpoint writes
+{'model_state_dict': ...} in Point-MAE's segmentation layout (with DAPT: plus DAPT's tensors under
+the DAPT release's names).
+
 Pre-training checkpoints. Without --config, a Point-MAE pre-training .pth converts to the DAPT
 classifier's backbone (the decoder ignored). With a pre-training config
 (--config configs/pretrain_shapenet.py[:variant]) it converts to the whole masked autoencoder,
@@ -116,7 +124,15 @@ def _to_torch(args) -> None:
   torch = to_torch.import_torch()  # fail early when torch is missing
   from convert import keymap  # pylint: disable=g-import-not-at-top
   variables = pretrained.load_converted(args.src, workdir_checkpoint='last')
-  if keymap.is_mae_variables(variables):  # a pre-training run or converted Point-MAE checkpoint
+  container = 'base_model'
+  if keymap.is_seg_variables(variables):  # a part-segmentation run or converted checkpoint
+    fields = to_torch.seg_fields_for(args.src, args.config)
+    arrays = to_torch.seg_variables_to_arrays(variables, fields)
+    state_dict = {k: torch.from_numpy(np.array(v)) for k, v in arrays.items()}
+    container = to_torch.SEG_CONTAINER
+    layout = ("Point-MAE's part-segmentation layout" if not fields['dapt'] else
+              "Point-MAE's part-segmentation layout with the DAPT release's names for DAPT's parts")
+  elif keymap.is_mae_variables(variables):  # a pre-training run or converted Point-MAE checkpoint
     arrays = to_torch.mae_variables_to_arrays(variables, to_torch.mae_fields_for(args.src,
                                                                                  args.config))
     state_dict = {k: torch.from_numpy(np.array(v)) for k, v in arrays.items()}
@@ -125,8 +141,8 @@ def _to_torch(args) -> None:
     fields = to_torch.fields_for(args.src, args.config)
     state_dict = to_torch.variables_to_torch_state_dict(variables, fields)
     layout = 'DAPT release layout'
-  to_torch.write_pth(state_dict, dst, args.force)
-  print(f'wrote {dst}: {{"base_model": state dict of {len(state_dict)} tensors}} in the '
+  to_torch.write_pth(state_dict, dst, args.force, container)
+  print(f'wrote {dst}: {{"{container}": state dict of {len(state_dict)} tensors}} in the '
         f'{layout} (from {os.path.abspath(args.src)})')
   if args.verbose:
     for key, value in state_dict.items():

@@ -65,9 +65,14 @@ def convert_checkpoint(src: str, config: str | None = None) -> Conversion:
     cfg = model_config.load_config(config)
     if model_config.is_pretrain_config(cfg):
       return convert_mae_checkpoint(src, config, model_config.mae_model_fields(cfg))
+    if model_config.is_segmentation_config(cfg):
+      return convert_seg_checkpoint(src, config, model_config.seg_model_fields(cfg))
   checkpoint = pth_reader.read_pth(src)
   source = layouts.read_source(checkpoint)
   layout = source.layout
+  if layout.name in layouts.SEGMENTATION_LAYOUTS:  # no --config: the layout's default model
+    fields, spec = model_config.default_seg_fields(layout.name)
+    return convert_seg_checkpoint(src, spec, fields, source, default=True)
 
   def shown(key: str) -> str:  # a release key as the file spells it
     return source.original.get(key, key)
@@ -243,6 +248,93 @@ def convert_mae_checkpoint(src: str, config: str, fields: Mapping[str, Any]) -> 
       'loaded': loaded,
       'ignored': ignored,
       'freshly_initialised': [],
+  }
+  return Conversion({c: unflatten(v) for c, v in out.items()}, report)
+
+
+def convert_seg_checkpoint(src: str, config: str, fields: Mapping[str, Any],
+                           source: layouts.Source | None = None,
+                           default: bool = False) -> Conversion:
+  """A checkpoint → the part-segmentation network `fields` describe, strictly.
+
+  A segmentation checkpoint (Point-MAE's `model_state_dict`, or this project's DAPT export) must
+  provide every tensor of the network; a pre-training or backbone checkpoint provides the
+  backbone, and the DAPT parts and the segmentation head are left freshly initialised. Every
+  tensor of the file must land on a variable with the model's shape, or be on the layout's ignore
+  list.
+
+  Args:
+    config: the `--config` spec (for the report and messages).
+    default: the model is the layout's default (no --config was given).
+  Raises:
+    ConvertError: with a one-line message; nothing is written.
+  """
+  if source is None:
+    source = layouts.read_source(pth_reader.read_pth(src))
+  layout = source.layout
+  hint = (f'the default model {config} does not fit; pass --config' if default
+          else f'the model of {config}')
+
+  def shown(key: str) -> str:
+    return source.original.get(key, key)
+
+  if source.unplaced:
+    first = source.unplaced[0]
+    more = f' (and {len(source.unplaced) - 1} more)' if len(source.unplaced) > 1 else ''
+    raise ConvertError(f'source tensor {first} has no destination and is on no ignore list '
+                       f'({layout.description}){more}')
+  shapes = model_config.seg_variable_shapes(fields)
+  try:
+    entries = keymap.seg_entries_for_variables(shapes)
+  except ValueError as e:
+    raise ConvertError(f'internal: {e}') from None
+  by_key = {e.torch_key: e for e in entries}
+  flat_shapes = {c: flatten(shapes.get(c, {})) for c in ('params', 'batch_stats')}
+  out = {'params': {}, 'batch_stats': {}}
+  loaded = {}
+  for key, value in source.tensors.items():
+    entry = by_key.get(key)
+    if entry is None:
+      raise ConvertError(f'source tensor {shown(key)} has no destination in the segmentation '
+                         f'network ({layout.name} layout; {hint})')
+    target = flat_shapes[entry.collection][entry.path]
+    expected = entry.torch_shape(target.shape)
+    if tuple(value.shape) != expected:
+      raise ConvertError(f'shape mismatch for {shown(key)} (→ {entry.name}): the checkpoint has '
+                         f'{tuple(value.shape)}, the model needs {expected} ({hint})')
+    if value.dtype.kind != 'f' and value.dtype.name != 'bfloat16':
+      raise ConvertError(f'{shown(key)} has dtype {value.dtype}, expected floating point')
+    out[entry.collection][entry.path] = entry.to_flax(value).astype(target.dtype)
+    loaded[entry.name] = shown(key)
+  required = [e for e in entries if layout.complete or e.part == keymap.BACKBONE]
+  missing = [e for e in required if e.name not in loaded]
+  if missing:
+    e = missing[0]
+    display = f'{source.outer_prefix}{layout.prefix}{e.torch_key}'
+    target = flat_shapes[e.collection][e.path]
+    more = f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''
+    raise ConvertError(f'missing required tensor {display} (for {e.name}, shape '
+                       f'{e.torch_shape(target.shape)}){more}; layout: {layout.description}')
+  fresh = [e for e in entries if e.name not in loaded]
+  parts = (keymap.BACKBONE, keymap.CLS, keymap.DAPT, keymap.SEG_HEAD)
+  report = {
+      'format': FORMAT,
+      'source': os.path.abspath(src),
+      'source_sha256': sha256(src),
+      'layout': layout.name,
+      'layout_description': source.description,
+      'state_dict_at': source.container,
+      'config': config,
+      'inferred_fields': [],
+      'task': 'segmentation',
+      'model': dict(fields),
+      'counts': {'loaded': len(loaded), 'ignored': len(source.ignored), 'freshly_initialised':
+                 len(fresh)},
+      'fresh_by_part': {part: sum(e.part == part for e in fresh) for part in parts
+                        if any(e.part == part for e in fresh)},
+      'loaded': loaded,
+      'ignored': source.ignored,
+      'freshly_initialised': [e.name for e in fresh],
   }
   return Conversion({c: unflatten(v) for c, v in out.items()}, report)
 

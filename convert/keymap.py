@@ -341,3 +341,93 @@ def mae_entries_for_variables(variables: Mapping[str, Mapping]) -> list[Entry]:
   if missing:
     raise ValueError(f'the model lacks {missing[0]} which the Point-MAE key map expects')
   return entries
+
+
+# ---------------------------------------------------------------------------------------------
+# The part-segmentation network (dapt_jax.segmentation_model.PartSegmenter) ⇄ Point-MAE's
+# segmentation checkpoint keys (`model_state_dict`, SPEC §8.5), in that checkpoint's order:
+# encoder, pos_embed, blocks, norm, label_conv, propagation_0, convs1..3, bns1..2. With DAPT the
+# classifier's DAPT rows (patch and final scale-shifts, class token and position, the DAPT blocks)
+# take the place of the plain ones, under the DAPT release's names.
+
+SEG_HEAD = 'seg_head'    # the segmentation head: only in a segmentation checkpoint
+
+_CONV1D_NO_BIAS = 'conv1d_no_bias'  # label_conv.0: Conv1d(bias=False), the weight only
+
+
+def _seg_module_rows(depth: int, dapt: bool, propagation_layers: int
+                     ) -> Iterable[tuple[str, str, str, str]]:
+  for row in _MODEL_ROWS:
+    if dapt or row[3] == BACKBONE:
+      yield row
+  for i in range(depth):
+    if dapt:
+      for fpath, tprefix, kind, part in _BLOCK_ROWS:
+        yield f'blocks_{i}/{fpath}', f'blocks.blocks.{i}.{tprefix}', kind, part
+    else:
+      for fpath, tprefix, kind in _PLAIN_BLOCK_ROWS:
+        yield f'blocks_{i}/{fpath}', f'blocks.blocks.{i}.{tprefix}', kind, BACKBONE
+  yield 'norm', 'norm', LAYER_NORM, BACKBONE
+  if dapt:
+    yield 'norm_tfts', '|2', SCALE_SHIFT, DAPT
+  yield 'label_conv/conv', 'label_conv.0', _CONV1D_NO_BIAS, SEG_HEAD
+  yield 'label_conv/bn', 'label_conv.1', BATCH_NORM, SEG_HEAD
+  for i in range(propagation_layers):
+    yield f'propagation_0/conv_{i}', f'propagation_0.mlp_convs.{i}', CONV1D, SEG_HEAD
+  for i in range(propagation_layers):
+    yield f'propagation_0/bn_{i}', f'propagation_0.mlp_bns.{i}', BATCH_NORM, SEG_HEAD
+  for name in ('convs1', 'convs2', 'convs3'):
+    yield name, name, CONV1D, SEG_HEAD
+  for name in ('bns1', 'bns2'):
+    yield name, name, BATCH_NORM, SEG_HEAD
+
+
+def _seg_entries_for_module(fpath: str, tprefix: str, kind: str, part: str) -> Iterable[Entry]:
+  if kind == _CONV1D_NO_BIAS:
+    yield from (e for e in _entries_for_module(fpath, tprefix, CONV1D, part)
+                if e.torch_key.endswith('.weight'))
+  else:
+    yield from _entries_for_module(fpath, tprefix, kind, part)
+
+
+def seg_entries(depth: int, dapt: bool, propagation_layers: int = 2) -> list[Entry]:
+  """Every tensor of a segmentation network, in the checkpoint's order."""
+  return [e for row in _seg_module_rows(depth, dapt, propagation_layers)
+          for e in _seg_entries_for_module(*row)]
+
+
+def seg_batch_norm_counters(depth: int, dapt: bool, propagation_layers: int = 2) -> list[str]:
+  """The checkpoint keys of the BatchNorm step counters (`...num_batches_tracked`)."""
+  return [f'{tprefix}.{NUM_BATCHES_TRACKED}'
+          for _, tprefix, kind, _ in _seg_module_rows(depth, dapt, propagation_layers)
+          if kind == BATCH_NORM]
+
+
+def is_seg_variables(variables: Mapping[str, Mapping]) -> bool:
+  """Whether a variable tree is a segmentation network's (it has the category embedding)."""
+  return 'label_conv' in variables.get('params', {})
+
+
+def seg_entries_for_variables(variables: Mapping[str, Mapping]) -> list[Entry]:
+  """The entries of exactly the leaves of a segmentation network's `variables`.
+
+  Raises:
+    ValueError: a leaf the table does not cover, or a table entry the tree lacks.
+  """
+  have = {f'{c}/{p}' for c in ('params', 'batch_stats') for p in flatten(variables.get(c, {}))}
+  depth = 0
+  while f'params/blocks_{depth}/norm1/scale' in have:
+    depth += 1
+  layers = 0
+  while f'params/propagation_0/conv_{layers}/kernel' in have:
+    layers += 1
+  entries = seg_entries(depth, 'params/patch_tfts/gamma' in have, layers)
+  named = {e.name for e in entries}
+  extra = sorted(have - named)
+  if extra:
+    raise ValueError(f'the model has {extra[0]} which the segmentation key map does not cover'
+                     + (f' (and {len(extra) - 1} more)' if len(extra) > 1 else ''))
+  missing = [e.name for e in entries if e.name not in have]
+  if missing:
+    raise ValueError(f'the model lacks {missing[0]} which the segmentation key map expects')
+  return entries

@@ -17,7 +17,7 @@ from convert.errors import ConvertError
 # Where the state dict sits in the top-level dict, in the order looked for. The Point-MAE and
 # DAPT releases save {'base_model': ..., 'optimizer': ..., 'epoch': ..., 'metrics': ...};
 # other code bases use 'model' or 'state_dict'; a bare state dict is accepted too.
-STATE_DICT_KEYS = ('base_model', 'model', 'state_dict')
+STATE_DICT_KEYS = ('base_model', 'model', 'state_dict', 'model_state_dict')
 
 # DataParallel / DistributedDataParallel wrap every key in this.
 MODULE_PREFIX = 'module.'
@@ -27,6 +27,9 @@ _DAPT_ONLY = re.compile(r'(^|\.)tfts_(gamma|beta)_\d+$|(^|\.)Adapter_MLP\.')
 
 # A key that only ReCon's encoder has (its image/text tokens and their attention branch).
 _RECON_ONLY = re.compile(r'^MAE_encoder\.(img|text)_token$|_contrast\.')
+
+# The part-segmentation head (Point-MAE's segmentation/models/pt.py; SPEC §8.5).
+_SEGMENTATION_ONLY = re.compile(r'^(label_conv|propagation_0|convs[123]|bns[12])\.')
 
 # The patch encoder's first layer: present in every layout that holds this encoder.
 _ENCODER_PROBE = 'encoder.first_conv.0.weight'
@@ -124,7 +127,15 @@ LAYOUTS = {
                        '*.gft_adapter.*)', '', DAPT_IGNORE, True, 'pointgst'),
     'vpt_deep': Layout('vpt_deep', 'VPT-deep fine-tuned model (IDPT release key layout, '
                        'cls_prompt_list.*)', '', DAPT_IGNORE, True, 'vpt_deep'),
+
+    # Part segmentation: Point-MAE's fine-tuned network (`model_state_dict`), and this project's
+    # DAPT segmentation network written back by `--to-torch` (the same keys plus DAPT's).
+    'point_mae_seg': Layout('point_mae_seg', 'Point-MAE part segmentation fine-tuned', '',
+                            DAPT_IGNORE, True),
+    'dapt_seg': Layout('dapt_seg', 'DAPT part segmentation (dapt-jax export)', '', DAPT_IGNORE,
+                       True),
 }
+SEGMENTATION_LAYOUTS = ('point_mae_seg', 'dapt_seg')
 
 
 @dataclasses.dataclass
@@ -177,6 +188,9 @@ def _detect(keys: list[str]) -> Layout | None:
     return LAYOUTS['act']
   if any(k.startswith('transformer_k.') for k in keys):
     return LAYOUTS['point_bert']
+  if any(_SEGMENTATION_ONLY.search(k) for k in keys):
+    dapt = any(_DAPT_ONLY.search(k) for k in keys)
+    return LAYOUTS['dapt_seg' if dapt else 'point_mae_seg']
   if _ENCODER_PROBE in keys or any(k.startswith('blocks.blocks.') for k in keys):
     for name, only in (('dapt', _DAPT_ONLY), ('idpt', _IDPT_ONLY), ('pointgst', _POINTGST_ONLY),
                        ('vpt_deep', _VPT_ONLY)):

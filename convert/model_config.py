@@ -192,3 +192,55 @@ def mae_variable_shapes(fields: Mapping[str, Any]) -> dict[str, dict]:
   num_points = max(net.num_group, net.group_size)
   return jax.eval_shape(lambda k: mae.init_variables(net, k, num_points=num_points),
                         jax.random.key(0))
+
+
+# ---------------------------------------------------------------------------------------------
+# The part-segmentation network (segmentation configs: `config.task == 'segmentation'`).
+
+# The model a segmentation checkpoint converts to when no --config is given, per layout.
+DEFAULT_SEG_CONFIGS = {'point_mae_seg': 'configs/shapenetpart.py:pointmae',
+                       'dapt_seg': 'configs/shapenetpart.py:dapt'}
+
+
+def is_segmentation_config(cfg: Any) -> bool:
+  """Whether a config (or its model section / fields) describes the segmentation network."""
+  if _field(cfg, 'task') == 'segmentation':
+    return True
+  section = _field(cfg, 'model')
+  return _field(cfg if section is None else section, 'num_parts') is not None
+
+
+def seg_model_fields(cfg: Any) -> dict[str, Any]:
+  """A segmentation config's `model` section (or a mapping of its fields) as a JSON-able dict."""
+  from dapt_jax import segmentation_model  # pylint: disable=g-import-not-at-top
+  section = _field(cfg, 'model')
+  section = cfg if section is None else section
+  try:
+    return segmentation_model.model_fields(section)
+  except ValueError as e:
+    raise ConvertError(f'the segmentation config: {e}') from None
+
+
+def default_seg_fields(layout: str) -> tuple[dict[str, Any], str]:
+  """(model fields, config spec) of the default model for a segmentation layout."""
+  spec = DEFAULT_SEG_CONFIGS[layout]
+  path, _, arg = spec.partition(':')
+  full = REPO_ROOT / path
+  if not full.is_file():
+    raise ConvertError(f'no --config given and the default {spec} is not there; pass --config')
+  return seg_model_fields(load_config(f'{full}:{arg}')), spec
+
+
+def seg_variable_shapes(fields: Mapping[str, Any]) -> dict[str, dict]:
+  """{'params', 'batch_stats'} of jax.ShapeDtypeStruct for the segmentation network `fields`
+  describe."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from dapt_jax import segmentation_model  # pylint: disable=g-import-not-at-top
+  try:
+    net = segmentation_model.build_model(fields)
+  except ValueError as e:
+    raise ConvertError(f'config: {e}') from None
+  num_points = max(net.num_group, net.group_size)
+  return jax.eval_shape(
+      lambda k: segmentation_model.init_variables(net, k, num_points=num_points),
+      jax.random.key(0))

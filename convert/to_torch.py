@@ -98,8 +98,9 @@ def fields_for(src_dir: str, config: str | None) -> dict[str, Any]:
   return dict(report['model'])
 
 
-def write_pth(state_dict: Mapping[str, Any], dst: str, force: bool) -> None:
-  """Saves `{'base_model': state_dict}` at `dst` atomically (temporary file, then rename)."""
+def write_pth(state_dict: Mapping[str, Any], dst: str, force: bool,
+              container: str = 'base_model') -> None:
+  """Saves `{container: state_dict}` at `dst` atomically (temporary file, then rename)."""
   torch = import_torch()
   dst = os.path.abspath(dst)
   if os.path.lexists(dst) and not force:
@@ -111,7 +112,7 @@ def write_pth(state_dict: Mapping[str, Any], dst: str, force: bool) -> None:
     raise ConvertError(f'{parent}: no such directory')
   tmp = os.path.join(parent, f'.{os.path.basename(dst)}.writing-{os.getpid()}')
   try:
-    torch.save({'base_model': collections.OrderedDict(state_dict)}, tmp)
+    torch.save({container: collections.OrderedDict(state_dict)}, tmp)
     os.replace(tmp, dst)
   except OSError as e:
     raise ConvertError(f'writing {dst} failed: {e}') from None
@@ -177,3 +178,68 @@ def mae_fields_for(src_dir: str, config: str | None) -> dict[str, Any] | None:
       if model_config.is_pretrain_config(recorded):
         return model_config.mae_model_fields(recorded)
   return None
+
+
+# ---------------------------------------------------------------------------------------------
+# The part-segmentation network → Point-MAE's segmentation checkpoint layout (SPEC §8.5).
+
+SEG_CONTAINER = 'model_state_dict'  # where Point-MAE's segmentation code keeps its state dict
+
+
+def seg_variables_to_arrays(variables: Mapping[str, Mapping],
+                            fields: Mapping[str, Any]) -> collections.OrderedDict:
+  """{checkpoint key: numpy array} of every tensor of a complete segmentation network, in the
+  order of Point-MAE's `model_state_dict` (float32; `num_batches_tracked` as 0-d int64 zeros).
+  With DAPT the DAPT release's names are used for the DAPT parts.
+
+  Raises:
+    ConvertError: a variable is missing, unexpected, or has the wrong shape.
+  """
+  shapes = model_config.seg_variable_shapes(fields)
+  try:
+    entries = keymap.seg_entries_for_variables(shapes)
+  except ValueError as e:
+    raise ConvertError(f'internal: {e}') from None
+  have = {c: flatten(variables.get(c, {})) for c in ('params', 'batch_stats')}
+  want = {c: flatten(shapes.get(c, {})) for c in ('params', 'batch_stats')}
+  for c in have:
+    extra = sorted(set(have[c]) - set(want[c]))
+    if extra:
+      raise ConvertError(f'{c}/{extra[0]} is not a variable of the configured segmentation '
+                         'network')
+  missing = [e.name for e in entries if e.path not in have[e.collection]]
+  if missing:
+    more = f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''
+    raise ConvertError(f'not a complete segmentation network: {missing[0]} is missing{more} (a '
+                       'converted backbone has no head; train or convert a fine-tuned model)')
+  out = collections.OrderedDict()
+  for e in entries:
+    value = np.asarray(have[e.collection][e.path])
+    if value.shape != want[e.collection][e.path].shape:
+      raise ConvertError(f'{e.name} has shape {value.shape}, the model needs '
+                         f'{want[e.collection][e.path].shape}')
+    out[e.torch_key] = e.to_torch(value.astype(np.float32))
+    if e.kind == keymap.BATCH_NORM and e.path.endswith('/var'):
+      counter = e.torch_key[:-len('running_var')] + keymap.NUM_BATCHES_TRACKED
+      out[counter] = np.array(0, np.int64)
+  return out
+
+
+def seg_fields_for(src_dir: str, config: str | None) -> dict[str, Any]:
+  """The segmentation network of a converted checkpoint or workdir: `--config`, else the one its
+  config.json / report.json records."""
+  if config is not None:
+    cfg = model_config.load_config(config)
+    if not model_config.is_segmentation_config(cfg):
+      raise ConvertError(f'--config {config} is not a segmentation config, but {src_dir} holds '
+                         'a segmentation network')
+    return model_config.seg_model_fields(cfg)
+  for name in ('config.json', pretrained.REPORT_FILE):
+    path = os.path.join(src_dir, name)
+    if os.path.isfile(path):
+      with open(path) as f:
+        recorded = json.load(f)
+      if model_config.is_segmentation_config(recorded):
+        return model_config.seg_model_fields(recorded)
+  raise ConvertError(f'{src_dir} records no segmentation model (no config.json or report.json '
+                     'with one); pass --config configs/shapenetpart.py[:variant]')

@@ -20,7 +20,6 @@ Parameter paths: docs/architecture.md ("Segmentation").
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Mapping, Optional, Sequence
 
 import jax
@@ -56,14 +55,6 @@ DAPT_SEG_RULES = (
 INTERPOLATION_NEIGHBOURS = 3
 INTERPOLATION_EPS = 1e-8
 LABEL_LEAKY_SLOPE = 0.2
-
-
-def is_segmentation(fields: Any) -> bool:
-  """True when a model section (mapping or ConfigDict) describes this network."""
-  try:
-    return 'num_parts' in fields
-  except TypeError:
-    return hasattr(fields, 'num_parts')
 
 
 def interpolation_weights(query: Array, centers: Array, k: int = INTERPOLATION_NEIGHBOURS) -> Array:
@@ -218,16 +209,16 @@ class PartSegmenter(nn.Module):
     """Runs the blocks; returns the last G tokens of each block in `feature_blocks`."""
     g = pos.shape[1] - (1 if self.dapt else 0)
     rates = layers.drop_path_rates(self.drop_path_rate, self.depth)
-    if self.dapt:
-      block_cls = transformer.DAPTBlock
-      make = lambda i: block_cls(self.num_heads, self.mlp_ratio, self.rank, rates[i],
-                                 self.drop_adapter_rate, self.dtype, name=f'blocks_{i}')
-    else:
-      block_cls = transformer.Block
-      make = lambda i: block_cls(self.num_heads, self.mlp_ratio, rates[i], self.dtype,
-                                 name=f'blocks_{i}')
-    if self.remat:
+    block_cls = transformer.DAPTBlock if self.dapt else transformer.Block
+    if self.remat:  # recompute each block's activations in the backward pass
       block_cls = nn.remat(block_cls, static_argnums=(2,))
+
+    def make(i):
+      if self.dapt:
+        return block_cls(self.num_heads, self.mlp_ratio, self.rank, rates[i],
+                         self.drop_adapter_rate, self.dtype, name=f'blocks_{i}')
+      return block_cls(self.num_heads, self.mlp_ratio, rates[i], self.dtype, name=f'blocks_{i}')
+
     features = []
     every = self.pos_every_block or not self.dapt
     if not every:
@@ -345,9 +336,6 @@ def build_model(cfg: Any, axis_name: Optional[str] = None) -> PartSegmenter:
   dtypes = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float64': jnp.float64}
   if v['dtype'] not in dtypes:
     raise ModelConfigError(f"model.dtype={v['dtype']!r}: must be one of {sorted(dtypes)}")
-  if not v['dapt'] and not hasattr(transformer, 'Block'):
-    raise ModelConfigError('model.dapt=False needs the plain Point-MAE block '
-                           '(dapt_jax.transformer.Block)')
   return PartSegmenter(
       trans_dim=v['trans_dim'], depth=v['depth'], num_heads=v['num_heads'],
       mlp_ratio=float(v['mlp_ratio']), num_group=v['num_group'], group_size=v['group_size'],
@@ -378,6 +366,3 @@ def init_variables(net: PartSegmenter, key: jax.Array, num_points: int,
       {'params': params_key, 'dropout': dropout_key}, dummy, category, train=False)
   return {'params': variables['params'], 'batch_stats': variables['batch_stats']}
 
-
-def parameter_count(variables: Mapping[str, Any]) -> int:
-  return sum(math.prod(x.shape) for x in jax.tree.leaves(variables['params']))

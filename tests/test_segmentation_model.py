@@ -46,7 +46,6 @@ def test_parameter_counts_match_spec():
 
 
 def test_parameter_count_pointmae():
-  _skip_without_block(dict(dapt=False))
   assert _counts(dict(FULL, dapt=False), partition.FULL_FINETUNE_RULES) == (27_063_730,) * 2
 
 
@@ -164,16 +163,9 @@ VARIANTS = {
 }
 
 
-def _skip_without_block(fields):
-  from dapt_jax import transformer
-  if not fields['dapt'] and not hasattr(transformer, 'Block'):
-    pytest.skip('the plain Point-MAE block (dapt_jax.transformer.Block) is not on this branch')
-
-
 @pytest.mark.parametrize('variant', list(VARIANTS))
 def test_eval_logits_match_reference(x64, variant):
   fields = VARIANTS[variant]
-  _skip_without_block(fields)
   ref, net, variables = flax_pair(fields, seed=1)
   ref.eval()
   pts, nb, center, cat = inputs(2)
@@ -204,7 +196,6 @@ ZERO_GRADIENT = ('convs1.bias', 'convs2.bias', 'propagation_0.mlp_convs.0.bias',
 @pytest.mark.parametrize('variant,rules', [('dapt', 'dapt'), ('pointmae', 'full')])
 def test_train_forward_statistics_and_gradients_match_reference(x64, variant, rules):
   fields = VARIANTS[variant]
-  _skip_without_block(fields)
   ref, net, variables = flax_pair(fields, seed=3)
   ref.train()
   pts, nb, center, cat = inputs(4, b=4)

@@ -64,11 +64,12 @@ class PlainBlock(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float, drop_path: float):
         super().__init__()
+        # Registered in Point-MAE's order, so state_dict() lists norm1, norm2, mlp, attn (§6.5).
         self.norm1 = nn.LayerNorm(dim, eps=1e-5)
-        self.attn = PlainAttention(dim, num_heads)
+        self.drop_path = R.DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim, eps=1e-5)
         self.mlp = PlainMlp(dim, int(dim * mlp_ratio))
-        self.drop_path = R.DropPath(drop_path)
+        self.attn = PlainAttention(dim, num_heads)
 
     def forward(self, x):
         x = x + self.drop_path(self.attn(self.norm1(x)))

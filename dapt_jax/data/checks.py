@@ -168,3 +168,32 @@ def _modelnet_fewshot(dc: Any) -> DataFacts:
   # The 40-way head's label space (the fold's own classes are labels 0..way-1); the stored point
   # count is only known once the pickle is read.
   return DataFacts(num_classes=40, points_per_cloud=None)
+
+
+# Part segmentation. Shapes are sampled with replacement to data.num_points, so any count works
+# (points_per_cloud None).
+@register('shapenet_part')
+def _shapenet_part(dc: Any) -> DataFacts:
+  from dapt_jax.data import shapenet_part  # pylint: disable=g-import-not-at-top
+  plan = shapenet_part.plan(_data_dir(dc))  # the lists parsed, the category folders listed
+  return DataFacts(num_classes=len(plan.synsets), points_per_cloud=None,
+                   splits=shapenet_part.SPLITS)
+
+
+@register('synthetic_parts')
+def _synthetic_parts(dc: Any) -> DataFacts:
+  from dapt_jax.data import synthetic_parts  # pylint: disable=g-import-not-at-top
+  for field in ('synthetic_num_train', 'synthetic_num_test', 'synthetic_points',
+                'synthetic_num_categories', 'synthetic_seed', 'pool_points'):
+    value = getattr(dc, field)
+    if isinstance(value, bool) or not isinstance(value, int):
+      raise DataError(f'data.{field}={value!r}: must be an integer')
+  for field, low in (('synthetic_num_train', 1), ('synthetic_num_test', 1),
+                     ('synthetic_points', 4), ('pool_points', 1)):
+    if getattr(dc, field) < low:
+      raise DataError(f'data.{field}={getattr(dc, field)}: must be at least {low}')
+  k = dc.synthetic_num_categories
+  if not synthetic_parts.MIN_CATEGORIES <= k <= len(synthetic_parts.CATEGORIES):
+    raise DataError(f'data.synthetic_num_categories={k}: must be in '
+                    f'[{synthetic_parts.MIN_CATEGORIES}, {len(synthetic_parts.CATEGORIES)}]')
+  return DataFacts(num_classes=k, points_per_cloud=None)

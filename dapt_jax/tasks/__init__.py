@@ -18,6 +18,7 @@ from dapt_jax.tasks.base import TaskError
 TASKS = {
     'classification': 'dapt_jax.tasks.classification:ClassificationTask',
     'pretrain': 'dapt_jax.tasks.pretrain:PretrainTask',
+    'segmentation': 'dapt_jax.tasks.segmentation:SegmentationTask',
 }
 
 
