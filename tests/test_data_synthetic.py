@@ -1,5 +1,4 @@
 """The synthetic shapes generator: determinism, balance, speed, and learnable-but-not-trivial."""
-import time
 
 import numpy as np
 import pytest
@@ -36,12 +35,6 @@ def test_nuisances_vary_between_clouds_of_a_class():
   # Clutter and occlusion make some points leave the ideal surface: radii are not all equal.
   radii = np.linalg.norm(spheres - spheres.mean(1, keepdims=True), axis=-1)
   assert (radii.std(1) > 0.02).all()
-
-
-def test_generation_is_fast():
-  t = time.perf_counter()
-  synthetic.generate(2000, 1024, 10, seed=0)
-  assert time.perf_counter() - t < 20  # a few seconds on 2 cores; generous for loaded CI hosts
 
 
 def _features(p):
