@@ -224,15 +224,26 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     np.testing.assert_array_equal(a, b)
 
 
-def test_sigterm_saves_before_exiting(tmp_path):
+def test_sigterm_saves_before_exiting(tmp_path, monkeypatch):
   workdir = str(tmp_path / 'term')
   config = tiny_config(tmp_path, num_epochs=200)
-  timer = threading.Timer(25.0, lambda: os.kill(os.getpid(), signal.SIGTERM))
-  timer.start()
+  # SIGTERM shortly after the run installs its handler (not at a fixed time from the start, which
+  # on a loaded host could come before the handler and end the test process itself).
+  timers = []
+  enter = train._Preemption.__enter__
+
+  def enter_then_signal(self):
+    result = enter(self)
+    timers.append(threading.Timer(1.0, lambda: os.kill(os.getpid(), signal.SIGTERM)))
+    timers[-1].start()
+    return result
+
+  monkeypatch.setattr(train._Preemption, '__enter__', enter_then_signal)
   try:
     summary = train.train_and_evaluate(config, workdir)
   finally:
-    timer.cancel()
+    for t in timers:
+      t.cancel()
   assert summary['stopped'] == 'preempted'
   state, meta = final_params(workdir, config)
   assert int(state.step) == summary['steps'] > 0
