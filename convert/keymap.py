@@ -99,14 +99,7 @@ _PLAIN_MODEL_ROWS = (
     ('cls_token', 'cls_token', PARAM, CLS),
     ('cls_pos', 'cls_pos', PARAM, CLS),
 ) + tuple(r for r in _MODEL_ROWS if r[3] == BACKBONE)
-_PLAIN_BLOCK_ROWS = (
-    ('norm1', 'norm1', LAYER_NORM, BACKBONE),
-    ('norm2', 'norm2', LAYER_NORM, BACKBONE),
-    ('mlp/fc1', 'mlp.fc1', DENSE, BACKBONE),
-    ('mlp/fc2', 'mlp.fc2', DENSE, BACKBONE),
-    ('attn/qkv', 'attn.qkv', DENSE_NO_BIAS, BACKBONE),
-    ('attn/proj', 'attn.proj', DENSE, BACKBONE),
-)
+# (A Point-MAE block's own rows are `_PLAIN_BLOCK_ROWS`, shared with the masked autoencoder below.)
 _PLAIN_TAIL_ROWS = tuple(r for r in _TAIL_ROWS if r[3] != DAPT)
 # PointGST's PCSA in every block (GST:models/PGST.py).
 _PGST_BLOCK_ROWS = (
@@ -196,8 +189,8 @@ def _module_rows(depth: int, method: str = 'dapt') -> Iterable[tuple]:
       for i in range(depth):
         yield (f'vpt/prompt_pos_{i}', f'cls_prompt_pos_list.{i}', PARAM, PEFT)
     yield from _PLAIN_MODEL_ROWS[2:]
-  block_rows = {'dapt': _BLOCK_ROWS,
-                'pointgst': _PLAIN_BLOCK_ROWS + _PGST_BLOCK_ROWS}.get(method, _PLAIN_BLOCK_ROWS)
+  plain = tuple((fpath, tprefix, kind, BACKBONE) for fpath, tprefix, kind in _PLAIN_BLOCK_ROWS)
+  block_rows = {'dapt': _BLOCK_ROWS, 'pointgst': plain + _PGST_BLOCK_ROWS}.get(method, plain)
   for i in range(depth):
     for fpath, tprefix, kind, part in block_rows:
       yield f'blocks_{i}/{fpath}', f'blocks.blocks.{i}.{tprefix}', kind, part
