@@ -35,6 +35,7 @@ import optax
 from dapt_jax import data as data_lib
 from dapt_jax import evaluate as eval_lib
 from dapt_jax import steps as steps_lib
+from dapt_jax import tasks
 from dapt_jax import train
 from dapt_jax.data import classes as classes_lib
 from dapt_jax.data import clouds
@@ -146,6 +147,9 @@ def load_inputs(paths: list, config: Any, progress: bool = True) -> np.ndarray:
 
 def predict(config: Any, workdir: Optional[str], input_spec: str) -> Predictions:
   """Predicts every cloud `input_spec` names; writes `<workdir>/predictions.csv` (process 0)."""
+  if config.get('task', 'classification') != 'classification':
+    raise eval_lib.InputError(f"--mode=predict classifies clouds; config.task={config.task!r} "
+                              "has no per-file prediction (use --mode=eval)")
   if workdir is None and not config.init_from:
     raise eval_lib.InputError('--mode=predict needs --workdir (a training run) or '
                               '--config.init_from (a converted checkpoint)')
@@ -162,13 +166,13 @@ def predict(config: Any, workdir: Optional[str], input_spec: str) -> Predictions
     raise eval_lib.InputError(f'eval.batch_size: {e}') from None
   points = load_inputs(paths, config, config.progress_bar)
 
-  net, variables, labels = train.build(config)
+  task = tasks.get_task(config)
+  net, variables, labels = train.build(config, task)
   variables, weights = train._variables_for_eval(config, workdir, net, variables, labels)  # pylint: disable=protected-access
   log.info('Predicting %d file(s) with %s; classes from %s', len(paths), weights, origin)
   state = steps_lib.create_state(variables, labels, optax.identity(), jax.random.PRNGKey(0))
-  run = parallel.wrap_eval(functools.partial(
-      steps_lib.eval_step, net=net, num_points=config.data.num_points,
-      point_all=config.data.point_all, votes=config.eval.votes))
+  evaluate = parallel.wrap_eval(functools.partial(steps_lib.eval_step, task=task, net=net))
+  run = lambda state, batch: evaluate(state, batch)['logits']
   state_dev = parallel.put_state(state)
   source = data_lib.sources.ArraySource(points, np.zeros(len(points), np.int32))
   batches = data_lib.EvalLoader(source, config.eval.batch_size, jax.process_index(),

@@ -192,6 +192,9 @@ def _top_level(config, ctx: Context) -> None:
 def _model(config, ctx: Context) -> None:
   del ctx
   from dapt_jax import model as model_lib  # pylint: disable=g-import-not-at-top
+  if config.get('task', 'classification') != 'classification':
+    _task_model(config)
+    return
   for field in ('trans_dim', 'depth', 'num_heads', 'num_group', 'group_size', 'rank',
                 'encoder_dims'):
     _int(config, f'model.{field}', minimum=1)
@@ -213,10 +216,26 @@ def _model(config, ctx: Context) -> None:
       or any(t not in model_lib.HEAD_TOKENS for t in tokens) or len(set(tokens)) != len(tokens)):
     raise ConfigError(f'{_show("model.head_tokens", tokens)}: must be a non-empty tuple of '
                       f'distinct entries from {", ".join(model_lib.HEAD_TOKENS)}')
+  model = config.model
+  if model.num_classes == 0:  # folder data, classes not counted yet: check the rest of the model
+    model = model.copy_and_resolve_references()
+    with model.unlocked():
+      model.num_classes = 1
   try:  # whatever else the model itself refuses
-    model_lib.build_model(config.model)
+    model_lib.build_model(model)
   except model_lib.ModelConfigError as e:
     raise ConfigError(f'config.{errors.one_line(e)}') from None
+
+
+def _task_model(config) -> None:
+  """Another task's model (pre-training, segmentation): its own builder names what it refuses."""
+  from dapt_jax import tasks  # pylint: disable=g-import-not-at-top
+  try:
+    tasks.get_task(config).build_model()
+  except errors.UserError as e:
+    raise ConfigError(f'config.{errors.one_line(e)}') from None
+  except (AttributeError, KeyError) as e:
+    raise ConfigError(f'config.model: {errors.one_line(e)} (is the config file complete?)') from None
 
 
 @register('partition rules')
@@ -277,8 +296,11 @@ def _data_fields(config, ctx: Context) -> None:
   del ctx
   _str(config, 'data.name')
   num_points = _int(config, 'data.num_points', minimum=1)
-  point_all = _int(config, 'data.point_all', minimum=1)
-  if point_all < num_points:
+  if config.get('task', 'classification') == 'pretrain':  # a random subset, no FPS pool
+    point_all = _int(config, 'data.point_all', minimum=0)
+  else:
+    point_all = _int(config, 'data.point_all', minimum=1)
+  if point_all and point_all < num_points:
     raise ConfigError(f'config.data.point_all={point_all}: must be >= config.data.num_points='
                       f'{num_points} (training draws num_points from an FPS pool of point_all)')
   for field in ('num_group', 'group_size'):
@@ -328,7 +350,8 @@ def _data(config, ctx: Context) -> None:
   facts = data_lib.check_presence(config.data)
   ctx.data = facts
   name = config.data.name
-  if facts.num_classes is not None and facts.num_classes != config.model.num_classes:
+  if (facts.num_classes is not None and 'num_classes' in config.model
+      and facts.num_classes != config.model.num_classes):
     raise ConfigError(f'config.model.num_classes={config.model.num_classes}: dataset {name} '
                       f'has {facts.num_classes} classes')
   if facts.points_per_cloud is not None and config.data.num_points > facts.points_per_cloud:
@@ -356,7 +379,7 @@ def variable_shapes(config: Any) -> dict[str, dict[str, tuple[int, ...]]]:
 @register('model shapes')
 def _model_shapes(config, ctx: Context) -> None:
   from dapt_jax import partition  # pylint: disable=g-import-not-at-top
-  if config.model.num_classes == 0:  # folder data, classes not counted yet: shapes unknown
+  if config.model.get('num_classes') == 0:  # folder data, classes not counted yet: shapes unknown
     return
   shapes = variable_shapes(config)
   ctx.variable_shapes = shapes
