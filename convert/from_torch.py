@@ -42,7 +42,9 @@ def _no_destination(key: str, shown: str, fields: Mapping[str, Any], layout_name
   if key.startswith('reduce_dim.'):
     return (f'source tensor {shown} has no destination: this backbone projects its patch '
             'encoder output with reduce_dim, which the DAPT model (encoder_dims = trans_dim) lacks')
-  return f'source tensor {shown} has no destination in the DAPT model ({layout_name} layout)'
+  method = keymap.METHOD_NAMES.get(fields.get('peft', 'dapt'), fields.get('peft'))
+  return (f'source tensor {shown} has no destination in the {method} model ({layout_name} '
+          'layout)')
 
 
 def _plural(n: int, what: str) -> str:
@@ -86,22 +88,46 @@ def convert_checkpoint(src: str, config: str | None = None) -> Conversion:
     config_used, inferred = config, []
   else:
     fields, inferred = model_config.infer_model_fields(
-        source.tensors, model_config.default_model_fields(), with_head=layout.name == 'dapt')
+        source.tensors, model_config.default_model_fields(), with_head=layout.complete,
+        method=layout.method)
     config_used = (f'inferred from the checkpoint ({", ".join(inferred) or "nothing"}); the rest '
                    f'from {model_config.DEFAULT_CONFIG}')
 
-  shapes = model_config.variable_shapes(fields)
+  method = fields.get('peft', 'dapt')
+  if layout.complete and method != layout.method:
+    raise ConvertError(f'the checkpoint is a fine-tuned {keymap.METHOD_NAMES[layout.method]} '
+                       f'model ({layout.description}) but the config says model.peft={method!r}')
+  if method not in keymap.RELEASE_METHODS:
+    if layout.complete:
+      raise ConvertError(f'model.peft={method!r} has no release checkpoint layout; pass a config '
+                         f'of one of: {", ".join(keymap.RELEASE_METHODS)}')
+    # A pre-trained backbone for LoRA / the adapter: the backbone's paths are Point-MAE's.
+    method = 'full'
+  shapes = model_config.variable_shapes(dict(fields, peft=method))
   try:
-    entries = keymap.entries_for_variables(shapes)
+    entries = keymap.entries_for_variables(shapes, method)
   except ValueError as e:
     raise ConvertError(f'internal: {e}') from None
   by_key = {e.torch_key: e for e in entries}
+  alias_of = {a: e for e in entries for a in e.aliases}
   flat_shapes = {c: flatten(shapes.get(c, {})) for c in ('params', 'batch_stats')}
 
   out = {'params': {}, 'batch_stats': {}}
-  loaded = {}
+  loaded, aliased = {}, {}
   for key, value in source.tensors.items():
-    entry = by_key.get(key)
+    if key in alias_of:  # the same tensor under a second name (IDPT's BatchNorms)
+      primary = alias_of[key].torch_key
+      other = source.tensors.get(primary)
+      if other is not None and (other.shape != value.shape or other.dtype != value.dtype
+                                or not np.array_equal(other, value, equal_nan=True)):
+        raise ConvertError(f'{shown(key)} differs from {shown(primary)}, which the release '
+                           'saves as the same BatchNorm tensor')
+      aliased[shown(key)] = f'the same tensor as {shown(primary)} (one BatchNorm, two names)'
+      if other is not None:
+        continue
+      entry = alias_of[key]
+    else:
+      entry = by_key.get(key)
     if entry is None:
       raise ConvertError(_no_destination(key, shown(key), fields, layout.name))
     target = flat_shapes[entry.collection][entry.path]
@@ -136,13 +162,14 @@ def convert_checkpoint(src: str, config: str | None = None) -> Conversion:
       'config': config_used,
       'inferred_fields': inferred,
       'model': fields,
-      'counts': {'loaded': len(loaded), 'ignored': len(source.ignored), 'freshly_initialised':
-                 len(fresh)},
+      'counts': {'loaded': len(loaded), 'ignored': len(source.ignored) + len(aliased),
+                 'freshly_initialised': len(fresh)},
       'fresh_by_part': {part: sum(e.part == part for e in fresh)
-                        for part in (keymap.BACKBONE, keymap.CLS, keymap.DAPT, keymap.HEAD)
+                        for part in (keymap.BACKBONE, keymap.CLS, keymap.DAPT, keymap.HEAD,
+                                     keymap.PEFT)
                         if any(e.part == part for e in fresh)},
       'loaded': loaded,
-      'ignored': source.ignored,
+      'ignored': {**source.ignored, **aliased},
       'freshly_initialised': [e.name for e in fresh],
   }
   return Conversion({c: unflatten(v) for c, v in out.items()}, report)

@@ -22,12 +22,15 @@ LAYER_NORM = 'layer_norm'  # weight ⇄ scale, bias ⇄ bias
 BATCH_NORM = 'batch_norm'  # as LayerNorm, plus running_mean/var ⇄ batch_stats mean/var
 SCALE_SHIFT = 'scale_shift'  # `tfts_gamma_n`, `tfts_beta_n` on the parent module ⇄ gamma, beta
 PARAM = 'param'          # a bare parameter, same shape on both sides (cls_token, cls_pos)
+CONV1D_NO_BIAS = 'conv1d_no_bias'  # Conv1d(bias=False), kernel 1: weight [out, in, 1] ⇄ [in, out]
+CONV2D_NO_BIAS = 'conv2d_no_bias'  # Conv2d(bias=False), kernel 1×1: [out, in, 1, 1] ⇄ [in, out]
 
 # Model parts, for deciding what a pre-trained backbone must provide.
 BACKBONE = 'backbone'    # the frozen Point-MAE encoder: every pre-training layout has all of it
 CLS = 'cls'              # cls_token, cls_pos: some pre-training checkpoints have them
 DAPT = 'dapt'            # scale-shifts and adapters: only in a DAPT fine-tuned checkpoint
 HEAD = 'head'            # the classification head: only in a fine-tuned checkpoint
+PEFT = 'peft'            # another PEFT method's additions (dapt_jax/peft): only fine-tuned
 
 # (Flax module path, PyTorch module prefix, kind, part). For SCALE_SHIFT the PyTorch column is
 # the parent prefix plus the pair's number, joined as `{prefix}tfts_{gamma|beta}_{n}`.
@@ -82,7 +85,54 @@ _LEAVES = {
     BATCH_NORM: (('params', 'scale', 'weight'), ('params', 'bias', 'bias'),
                  ('batch_stats', 'mean', 'running_mean'), ('batch_stats', 'var', 'running_var')),
     SCALE_SHIFT: (('params', 'gamma', 'gamma'), ('params', 'beta', 'beta')),
+    CONV1D_NO_BIAS: (('params', 'kernel', 'weight'),),
+    CONV2D_NO_BIAS: (('params', 'kernel', 'weight'),),
 }
+_CONV_TAIL = {CONV1D: 1, CONV1D_NO_BIAS: 1, CONV2D_NO_BIAS: 2}  # trailing kernel-size axes
+
+# ---------------------------------------------------------------------------------------------
+# The other PEFT methods (dapt_jax/peft) with a public release: Point-MAE's classifier layout
+# (the IDPT and PointGST releases are Point-MAE forks), plus each method's additions. In each
+# release's state-dict order: a model's own parameters, then encoder, pos_embed, blocks, norm,
+# head; a Point-MAE block registers norm1, norm2, mlp, attn (SPEC §6.5).
+_PLAIN_MODEL_ROWS = (
+    ('cls_token', 'cls_token', PARAM, CLS),
+    ('cls_pos', 'cls_pos', PARAM, CLS),
+) + tuple(r for r in _MODEL_ROWS if r[3] == BACKBONE)
+_PLAIN_BLOCK_ROWS = (
+    ('norm1', 'norm1', LAYER_NORM, BACKBONE),
+    ('norm2', 'norm2', LAYER_NORM, BACKBONE),
+    ('mlp/fc1', 'mlp.fc1', DENSE, BACKBONE),
+    ('mlp/fc2', 'mlp.fc2', DENSE, BACKBONE),
+    ('attn/qkv', 'attn.qkv', DENSE_NO_BIAS, BACKBONE),
+    ('attn/proj', 'attn.proj', DENSE, BACKBONE),
+)
+_PLAIN_TAIL_ROWS = tuple(r for r in _TAIL_ROWS if r[3] != DAPT)
+# PointGST's PCSA in every block (GST:models/PGST.py).
+_PGST_BLOCK_ROWS = (
+    ('pcsa/norm1', 'gft_adapter.norm_ly1', LAYER_NORM, PEFT),
+    ('pcsa/norm2', 'gft_adapter.norm_ly2', LAYER_NORM, PEFT),
+    ('pcsa/down', 'gft_adapter.down', DENSE, PEFT),
+    ('pcsa/up', 'gft_adapter.up', DENSE, PEFT),
+    ('pcsa/adapt1', 'gft_adapter.adapt1', DENSE, PEFT),
+)
+# IDPT's DGCNN prompt module (IDPT:models/dgcnn.py DGCNNView, under the encoder's `blocks.cls`).
+# Each BatchNorm is registered twice in the release (as bn<n> and inside conv<n>), so its state
+# dict holds the same tensors under both names: the second is an alias.
+_IDPT_ROWS = (
+    ('idpt/bn1', 'blocks.cls.bn1', BATCH_NORM, PEFT, 'blocks.cls.conv1.1'),
+    ('idpt/bn2', 'blocks.cls.bn2', BATCH_NORM, PEFT, 'blocks.cls.conv2.1'),
+    ('idpt/bn3', 'blocks.cls.bn3', BATCH_NORM, PEFT, 'blocks.cls.conv3.1'),
+    ('idpt/bn5', 'blocks.cls.bn5', BATCH_NORM, PEFT, 'blocks.cls.conv5.1'),
+    ('idpt/conv1', 'blocks.cls.conv1.0', CONV2D_NO_BIAS, PEFT),
+    ('idpt/conv2', 'blocks.cls.conv2.0', CONV2D_NO_BIAS, PEFT),
+    ('idpt/conv3', 'blocks.cls.conv3.0', CONV2D_NO_BIAS, PEFT),
+    ('idpt/conv5', 'blocks.cls.conv5.0', CONV1D_NO_BIAS, PEFT),
+)
+# Methods with a release layout; LoRA and the bottleneck adapter are the project's own designs.
+RELEASE_METHODS = ('dapt', 'full', 'linear', 'vpt_deep', 'idpt', 'pointgst')
+METHOD_NAMES = {'dapt': 'DAPT', 'full': 'Point-MAE', 'linear': 'Point-MAE', 'vpt_deep': 'VPT-deep',
+                'idpt': 'IDPT', 'pointgst': 'PointGST'}
 
 # BatchNorm's step counter: no Flax counterpart; dropped going in, written as 0 going out.
 NUM_BATCHES_TRACKED = 'num_batches_tracked'
@@ -95,7 +145,8 @@ class Entry:
   path: str         # e.g. 'blocks_0/attn/qkv/kernel'
   torch_key: str    # e.g. 'blocks.blocks.0.attn.qkv.weight'
   kind: str         # how the array is laid out on each side (see the kinds above)
-  part: str         # BACKBONE, CLS, DAPT or HEAD
+  part: str         # BACKBONE, CLS, DAPT, HEAD or PEFT
+  aliases: tuple[str, ...] = ()  # other release keys holding the same tensor (IDPT's BatchNorms)
 
   @property
   def name(self) -> str:
@@ -104,21 +155,20 @@ class Entry:
 
   @property
   def transposed(self) -> bool:
-    return self.kind in (CONV1D, DENSE, DENSE_NO_BIAS) and self.path.endswith('/kernel')
+    return (self.kind in (CONV1D, DENSE, DENSE_NO_BIAS, CONV1D_NO_BIAS, CONV2D_NO_BIAS)
+            and self.path.endswith('/kernel'))
 
   def torch_shape(self, flax_shape: tuple[int, ...]) -> tuple[int, ...]:
     """The PyTorch shape of a tensor whose Flax shape is `flax_shape`."""
     if not self.transposed:
       return tuple(flax_shape)
-    out = tuple(reversed(flax_shape))
-    return out + (1,) if self.kind == CONV1D else out
+    return tuple(reversed(flax_shape)) + (1,) * _CONV_TAIL.get(self.kind, 0)
 
   def to_flax(self, value: np.ndarray) -> np.ndarray:
     """PyTorch layout → Flax layout (the shape must already be checked)."""
     if not self.transposed:
       return np.ascontiguousarray(value)
-    if self.kind == CONV1D:
-      value = value[..., 0]
+    value = value.reshape(value.shape[:2])  # drops the 1 (×1) kernel axes of a convolution
     return np.ascontiguousarray(value.T)
 
   def to_torch(self, value: np.ndarray) -> np.ndarray:
@@ -126,18 +176,38 @@ class Entry:
     if not self.transposed:
       return np.ascontiguousarray(value)
     value = np.ascontiguousarray(value.T)
-    return value[..., None] if self.kind == CONV1D else value
+    return value.reshape(value.shape + (1,) * _CONV_TAIL.get(self.kind, 0))
 
 
-def _module_rows(depth: int) -> Iterable[tuple[str, str, str, str]]:
-  yield from _MODEL_ROWS
+def _module_rows(depth: int, method: str = 'dapt') -> Iterable[tuple]:
+  """(Flax module, PyTorch module, kind, part[, alias]) rows of `method`'s model."""
+  if method not in RELEASE_METHODS:
+    raise ValueError(f'model.peft={method!r} has no release checkpoint layout (the project\'s '
+                     f'own design); convertible: {", ".join(RELEASE_METHODS)}')
+  if method == 'dapt':
+    yield from _MODEL_ROWS
+  else:
+    yield from _PLAIN_MODEL_ROWS[:2]
+    if method == 'idpt':
+      yield ('idpt/prompt_pos', 'prompt_pos', PARAM, PEFT)
+    if method == 'vpt_deep':
+      for i in range(depth):
+        yield (f'vpt/prompt_{i}', f'cls_prompt_list.{i}', PARAM, PEFT)
+      for i in range(depth):
+        yield (f'vpt/prompt_pos_{i}', f'cls_prompt_pos_list.{i}', PARAM, PEFT)
+    yield from _PLAIN_MODEL_ROWS[2:]
+  block_rows = {'dapt': _BLOCK_ROWS,
+                'pointgst': _PLAIN_BLOCK_ROWS + _PGST_BLOCK_ROWS}.get(method, _PLAIN_BLOCK_ROWS)
   for i in range(depth):
-    for fpath, tprefix, kind, part in _BLOCK_ROWS:
+    for fpath, tprefix, kind, part in block_rows:
       yield f'blocks_{i}/{fpath}', f'blocks.blocks.{i}.{tprefix}', kind, part
-  yield from _TAIL_ROWS
+  if method == 'idpt':
+    yield from _IDPT_ROWS
+  yield from (_TAIL_ROWS if method == 'dapt' else _PLAIN_TAIL_ROWS)
 
 
-def _entries_for_module(fpath: str, tprefix: str, kind: str, part: str) -> Iterable[Entry]:
+def _entries_for_module(fpath: str, tprefix: str, kind: str, part: str,
+                        alias: str | None = None) -> Iterable[Entry]:
   if kind == PARAM:
     yield Entry('params', fpath, tprefix, kind, part)
     return
@@ -147,32 +217,34 @@ def _entries_for_module(fpath: str, tprefix: str, kind: str, part: str) -> Itera
       key = f'{parent}tfts_{tleaf}_{n}'
     else:
       key = f'{tprefix}.{tleaf}'
-    yield Entry(collection, f'{fpath}/{fleaf}', key, kind, part)
+    aliases = (f'{alias}.{tleaf}',) if alias else ()
+    yield Entry(collection, f'{fpath}/{fleaf}', key, kind, part, aliases)
 
 
-def all_entries(depth: int) -> list[Entry]:
-  """Every tensor of a DAPT model of `depth` blocks, in the release's module order."""
-  return [e for row in _module_rows(depth) for e in _entries_for_module(*row)]
+def all_entries(depth: int, method: str = 'dapt') -> list[Entry]:
+  """Every tensor of `method`'s model of `depth` blocks, in the release's module order."""
+  return [e for row in _module_rows(depth, method) for e in _entries_for_module(*row)]
 
 
-def batch_norm_counters(depth: int) -> list[str]:
+def batch_norm_counters(depth: int, method: str = 'dapt') -> list[str]:
   """The release keys of the BatchNorm step counters (`...num_batches_tracked`)."""
-  return [f'{tprefix}.{NUM_BATCHES_TRACKED}' for _, tprefix, kind, _ in _module_rows(depth)
-          if kind == BATCH_NORM]
+  return [f'{row[1]}.{NUM_BATCHES_TRACKED}' for row in _module_rows(depth, method)
+          if row[2] == BATCH_NORM]
 
 
-def entries_for_variables(variables: Mapping[str, Mapping]) -> list[Entry]:
-  """The entries of exactly the leaves of `variables` ({'params', 'batch_stats'}).
+def entries_for_variables(variables: Mapping[str, Mapping], method: str = 'dapt') -> list[Entry]:
+  """The entries of exactly the leaves of `variables` ({'params', 'batch_stats'}) of a model of
+  `method` (config.model.peft).
 
   Raises:
-    ValueError: a leaf the naming table does not cover (a model change not mirrored here), or a
-      table entry the model lacks.
+    ValueError: a leaf the naming table does not cover (a model change not mirrored here), a
+      table entry the model lacks, or a method without a release layout.
   """
   have = {f'{c}/{p}' for c in ('params', 'batch_stats') for p in flatten(variables.get(c, {}))}
   depth = 0
   while f'params/blocks_{depth}/norm1/scale' in have:
     depth += 1
-  entries = all_entries(depth)
+  entries = all_entries(depth, method)
   named = {e.name for e in entries}
   extra = sorted(have - named)
   if extra:
@@ -281,6 +353,15 @@ def mae_entries_for_variables(variables: Mapping[str, Mapping]) -> list[Entry]:
 SEG_HEAD = 'seg_head'    # the segmentation head: only in a segmentation checkpoint
 
 _CONV1D_NO_BIAS = 'conv1d_no_bias'  # label_conv.0: Conv1d(bias=False), the weight only
+# Point-MAE's plain block, in its registration order (norm1, norm2, mlp, attn; SPEC §6.5).
+_SEG_PLAIN_BLOCK_ROWS = (
+    ('norm1', 'norm1', LAYER_NORM),
+    ('norm2', 'norm2', LAYER_NORM),
+    ('mlp/fc1', 'mlp.fc1', DENSE),
+    ('mlp/fc2', 'mlp.fc2', DENSE),
+    ('attn/qkv', 'attn.qkv', DENSE_NO_BIAS),
+    ('attn/proj', 'attn.proj', DENSE),
+)
 
 
 def _seg_module_rows(depth: int, dapt: bool, propagation_layers: int
@@ -293,7 +374,7 @@ def _seg_module_rows(depth: int, dapt: bool, propagation_layers: int
       for fpath, tprefix, kind, part in _BLOCK_ROWS:
         yield f'blocks_{i}/{fpath}', f'blocks.blocks.{i}.{tprefix}', kind, part
     else:
-      for fpath, tprefix, kind in _PLAIN_BLOCK_ROWS:
+      for fpath, tprefix, kind in _SEG_PLAIN_BLOCK_ROWS:
         yield f'blocks_{i}/{fpath}', f'blocks.blocks.{i}.{tprefix}', kind, BACKBONE
   yield 'norm', 'norm', LAYER_NORM, BACKBONE
   if dapt:

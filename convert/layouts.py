@@ -94,6 +94,11 @@ BACKBONE_IGNORE = (
 )
 DAPT_IGNORE = (_COUNTER,)
 
+# Fine-tuned checkpoints of the other PEFT releases (dapt_jax/peft), told apart by their own keys.
+_IDPT_ONLY = re.compile(r'^blocks\.cls\.|^prompt_pos$')
+_POINTGST_ONLY = re.compile(r'\.gft_adapter\.')
+_VPT_ONLY = re.compile(r'^cls_prompt(_pos)?_list\.')
+
 
 @dataclasses.dataclass(frozen=True)
 class Layout:
@@ -102,6 +107,7 @@ class Layout:
   prefix: str        # removed from the keys taken ('' for none)
   ignore: tuple      # ((regex, reason), ...)
   complete: bool     # True: every model tensor must come from the file (fine-tuned DAPT)
+  method: str = 'dapt'  # the config.model.peft a complete checkpoint is a model of
 
 
 LAYOUTS = {
@@ -115,6 +121,12 @@ LAYOUTS = {
     'dapt': Layout('dapt', 'DAPT fine-tuned model (release key layout)', '', DAPT_IGNORE, True),
     'backbone': Layout('backbone', 'Point-MAE-style encoder without DAPT parts', '',
                        BACKBONE_IGNORE, False),
+    'idpt': Layout('idpt', 'IDPT fine-tuned model (release key layout, blocks.cls.*)', '',
+                   DAPT_IGNORE, True, 'idpt'),
+    'pointgst': Layout('pointgst', 'PointGST fine-tuned model (release key layout, '
+                       '*.gft_adapter.*)', '', DAPT_IGNORE, True, 'pointgst'),
+    'vpt_deep': Layout('vpt_deep', 'VPT-deep fine-tuned model (IDPT release key layout, '
+                       'cls_prompt_list.*)', '', DAPT_IGNORE, True, 'vpt_deep'),
     # Part segmentation: Point-MAE's fine-tuned network (`model_state_dict`), and this project's
     # DAPT segmentation network written back by `--to-torch` (the same keys plus DAPT's).
     'point_mae_seg': Layout('point_mae_seg', 'Point-MAE part segmentation fine-tuned', '',
@@ -179,7 +191,11 @@ def _detect(keys: list[str]) -> Layout | None:
     dapt = any(_DAPT_ONLY.search(k) for k in keys)
     return LAYOUTS['dapt_seg' if dapt else 'point_mae_seg']
   if _ENCODER_PROBE in keys or any(k.startswith('blocks.blocks.') for k in keys):
-    return LAYOUTS['dapt'] if any(_DAPT_ONLY.search(k) for k in keys) else LAYOUTS['backbone']
+    for name, only in (('dapt', _DAPT_ONLY), ('idpt', _IDPT_ONLY), ('pointgst', _POINTGST_ONLY),
+                       ('vpt_deep', _VPT_ONLY)):
+      if any(only.search(k) for k in keys):
+        return LAYOUTS[name]
+    return LAYOUTS['backbone']
   return None
 
 

@@ -45,6 +45,13 @@ def model_fields(cfg: Any) -> dict[str, Any]:
     except (KeyError, AttributeError):
       raise ConvertError(f'the config has no model.{field}') from None
     out[field] = list(value) if isinstance(value, (tuple, list)) else value
+  # The PEFT method and its settings (dapt_jax/peft), where the config has them.
+  from dapt_jax import peft  # pylint: disable=g-import-not-at-top
+  for field in ('peft',) + peft.OPTION_FIELDS:
+    try:
+      out[field] = section[field] if isinstance(section, Mapping) else getattr(section, field)
+    except (KeyError, AttributeError):
+      pass
   return out
 
 
@@ -58,8 +65,10 @@ def default_model_fields() -> dict[str, Any]:
 
 
 def infer_model_fields(tensors: Mapping[str, np.ndarray], base: Mapping[str, Any],
-                       with_head: bool) -> tuple[dict[str, Any], list[str]]:
+                       with_head: bool, method: str = 'dapt') -> tuple[dict[str, Any], list[str]]:
   """Model fields read off a state dict in release keys; the rest taken from `base`.
+
+  `method` is the PEFT method of a complete fine-tuned checkpoint (its layout says which).
 
   Returns (fields, names of the fields inferred).
   Raises:
@@ -93,12 +102,25 @@ def infer_model_fields(tensors: Mapping[str, np.ndarray], base: Mapping[str, Any
   if c % fields['num_heads']:
     raise ConvertError(f'trans_dim {c} is not divisible by the default num_heads '
                        f'{fields["num_heads"]}; pass --config with the right num_heads')
+  if method != 'dapt':
+    take('peft', method)
+    down = tensors.get('blocks.blocks.0.gft_adapter.down.weight')
+    if down is not None:
+      take('pgst_rank', int(down.shape[0]))
+    prompts = tensors.get('cls_prompt_list.0')
+    if prompts is not None and prompts.ndim == 3:
+      take('vpt_prompts', int(prompts.shape[1]))
   if with_head:
     last = tensors.get('cls_head_finetune.8.weight')
     first = tensors.get('cls_head_finetune.0.weight')
     if last is not None:
       take('num_classes', int(last.shape[0]))
-    if first is not None and first.ndim == 2:
+    if method != 'dapt':  # the head input is the method's own (IDPT: 3C, the others: 2C)
+      pieces = 3 if method == 'idpt' else 2
+      if first is not None and first.ndim == 2 and first.shape[1] != pieces * c:
+        raise ConvertError(f'the head input width {first.shape[1]} is not {pieces} × trans_dim '
+                           f'{c}, as a {method} model has')
+    elif first is not None and first.ndim == 2:
       n, rem = divmod(int(first.shape[1]), c)
       if rem or not 1 <= n <= 3:
         raise ConvertError(f'the head input width {first.shape[1]} is not 1-3 × trans_dim {c}; '

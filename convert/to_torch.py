@@ -38,9 +38,13 @@ def variables_to_release_arrays(variables: Mapping[str, Mapping],
     ConvertError: a variable is missing, unexpected, or has the wrong shape.
   """
   fields = model_config.model_fields(model_cfg)
+  method = fields.get('peft', 'dapt')
+  if method not in keymap.RELEASE_METHODS:
+    raise ConvertError(f'model.peft={method!r} has no release checkpoint layout to write (the '
+                       f'project\'s own design); convertible: {", ".join(keymap.RELEASE_METHODS)}')
   shapes = model_config.variable_shapes(fields)
   try:
-    entries = keymap.entries_for_variables(shapes)
+    entries = keymap.entries_for_variables(shapes, method)
   except ValueError as e:
     raise ConvertError(f'internal: {e}') from None
   have = {c: flatten(variables.get(c, {})) for c in ('params', 'batch_stats')}
@@ -52,7 +56,8 @@ def variables_to_release_arrays(variables: Mapping[str, Mapping],
   missing = [e.name for e in entries if e.path not in have[e.collection]]
   if missing:
     more = f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''
-    raise ConvertError(f'not a complete DAPT model: {missing[0]} is missing{more} (a converted '
+    raise ConvertError(f'not a complete {keymap.METHOD_NAMES[method]} model: {missing[0]} is '
+                       f'missing{more} (a converted '
                        'pre-training checkpoint has no adapters or head; train or convert a '
                        'fine-tuned model first)')
   out = collections.OrderedDict()
@@ -61,10 +66,11 @@ def variables_to_release_arrays(variables: Mapping[str, Mapping],
     if value.shape != want[e.collection][e.path].shape:
       raise ConvertError(f'{e.name} has shape {value.shape}, the model needs '
                          f'{want[e.collection][e.path].shape}')
-    out[e.torch_key] = e.to_torch(value.astype(np.float32))
-    if e.kind == keymap.BATCH_NORM and e.path.endswith('/var'):
-      counter = e.torch_key[:-len('running_var')] + keymap.NUM_BATCHES_TRACKED
-      out[counter] = np.array(0, np.int64)
+    for key in (e.torch_key,) + e.aliases:
+      out[key] = e.to_torch(value.astype(np.float32))
+      if e.kind == keymap.BATCH_NORM and e.path.endswith('/var'):
+        counter = key[:-len('running_var')] + keymap.NUM_BATCHES_TRACKED
+        out[counter] = np.array(0, np.int64)
   return out
 
 

@@ -30,6 +30,7 @@ from dapt_jax import partition
 log = logging.getLogger('dapt_jax')
 TMP_MARK = '.orbax-checkpoint-tmp'  # orbax's suffix for a save still in progress
 
+
 class CheckpointError(errors.UserError, ValueError):
   """A checkpoint that cannot be restored into this run; one-line message."""
 
@@ -204,7 +205,8 @@ def workdir_variables(workdir: str, which: str = 'best') -> tuple[dict, int]:
   return {'params': params, 'batch_stats': to_np(state['batch_stats'])}, step
 
 
-def _shape_tree(tree: Any) -> dict:
+def _shape_tree(tree: Any) -> Any:
+  """Orbax metadata → the same nesting with shape tuples as leaves."""
   if isinstance(tree, Mapping):
     return {str(k): _shape_tree(v) for k, v in tree.items()}
   if isinstance(tree, (list, tuple)):

@@ -303,11 +303,11 @@ def _data_fields(config, ctx: Context) -> None:
 @register('workdir')
 def _workdir(config, ctx: Context) -> None:
   from dapt_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
-  if ctx.mode in ('eval', 'predict') and not _get(config, 'init_from', None):
+  if ctx.mode == 'eval' and not _get(config, 'init_from', None):
     root = os.path.join(ctx.workdir or '', 'checkpoints')
     if not (ctx.workdir and os.path.isdir(os.path.join(root, 'last'))
             and os.path.isdir(os.path.join(root, 'frozen'))):
-      raise ConfigError(f'nothing to {ctx.mode}: --workdir={ctx.workdir} holds no trained run and '
+      raise ConfigError(f'nothing to evaluate: --workdir={ctx.workdir} holds no trained run and '
                         'no --config.init_from was given')
   if ctx.mode in ('predict', 'summary') or ctx.workdir is None:
     return

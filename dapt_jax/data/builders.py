@@ -324,6 +324,9 @@ class ModelNetFewshot(_LocalBuilder):
     fold = fewshot.load_fold(cfg.path, cfg.way, cfg.shot)
     return {split: _examples(fold.points[split], fold.labels[split]) for split in fewshot.SPLITS}
 
+  def _generate_examples(self, **unused):
+    raise NotImplementedError
+
 
 @dataclasses.dataclass
 class FolderConfig(tfds.core.BuilderConfig):
@@ -425,6 +428,9 @@ class ShapeNet55(_LocalBuilder):
 
 
 def shapenet55_config(taxonomies) -> ShapeNet55Config:
-  """The builder config for a tree whose lists name these taxonomies."""
-  return ShapeNet55Config(name='default', description='Taxonomies from the lists.',
-                          taxonomies=tuple(taxonomies))
+  """The builder config for a tree whose lists name these taxonomies (named after them, so a
+  tree with other taxonomies gets its own prepared copy)."""
+  import hashlib  # pylint: disable=g-import-not-at-top
+  digest = hashlib.sha256(' '.join(taxonomies).encode()).hexdigest()[:10]
+  return ShapeNet55Config(name=f'tax{len(taxonomies)}_{digest}',
+                          description='Taxonomies from the lists.', taxonomies=tuple(taxonomies))

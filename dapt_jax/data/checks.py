@@ -120,7 +120,10 @@ def _modelnet40(dc: Any) -> DataFacts:
                     + (f' (and {len(unreadable) - 1} more)' if len(unreadable) > 1 else ''))
   if plan.source_format == 'h5':
     widths = {_h5_header(p)[1] for s in modelnet_files.SPLITS for p in plan.files[s]}
-    stored = widths.pop() if len(widths) == 1 else min(widths)
+    if len(widths) != 1:
+      raise DataError(f'{plan.root}: the ply_data_*.h5 files hold different point counts '
+                      f'{sorted(widths)}')
+    stored = widths.pop()
   elif plan.source_format == 'txt':
     stored = num_points  # prepared by FPS to this many points
   else:

@@ -179,8 +179,8 @@ def _read_ply(path: str) -> np.ndarray:
 
   def dtype_of(element):
     if any(t is None for _, t in element[2]):
-      raise DataError(f'{path}: list properties on PLY element {element[0]!r} before the vertices '
-                      'are not supported')
+      where = 'the vertices' if element[0] == 'vertex' else f'element {element[0]!r} before them'
+      raise DataError(f'{path}: binary PLY with list properties on {where} is not supported')
     try:
       return np.dtype([(n, order + _PLY_TYPES[t]) for n, t in element[2]])
     except KeyError as e:
