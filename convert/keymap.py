@@ -346,6 +346,15 @@ def mae_entries_for_variables(variables: Mapping[str, Mapping]) -> list[Entry]:
 SEG_HEAD = 'seg_head'    # the segmentation head: only in a segmentation checkpoint
 
 _CONV1D_NO_BIAS = 'conv1d_no_bias'  # label_conv.0: Conv1d(bias=False), the weight only
+# Point-MAE's plain block, in its registration order (norm1, norm2, mlp, attn; SPEC §6.5).
+_SEG_PLAIN_BLOCK_ROWS = (
+    ('norm1', 'norm1', LAYER_NORM),
+    ('norm2', 'norm2', LAYER_NORM),
+    ('mlp/fc1', 'mlp.fc1', DENSE),
+    ('mlp/fc2', 'mlp.fc2', DENSE),
+    ('attn/qkv', 'attn.qkv', DENSE_NO_BIAS),
+    ('attn/proj', 'attn.proj', DENSE),
+)
 
 
 def _seg_module_rows(depth: int, dapt: bool, propagation_layers: int
@@ -358,7 +367,7 @@ def _seg_module_rows(depth: int, dapt: bool, propagation_layers: int
       for fpath, tprefix, kind, part in _BLOCK_ROWS:
         yield f'blocks_{i}/{fpath}', f'blocks.blocks.{i}.{tprefix}', kind, part
     else:
-      for fpath, tprefix, kind in _PLAIN_BLOCK_ROWS:
+      for fpath, tprefix, kind in _SEG_PLAIN_BLOCK_ROWS:
         yield f'blocks_{i}/{fpath}', f'blocks.blocks.{i}.{tprefix}', kind, BACKBONE
   yield 'norm', 'norm', LAYER_NORM, BACKBONE
   if dapt:

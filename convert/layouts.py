@@ -127,7 +127,6 @@ LAYOUTS = {
                        '*.gft_adapter.*)', '', DAPT_IGNORE, True, 'pointgst'),
     'vpt_deep': Layout('vpt_deep', 'VPT-deep fine-tuned model (IDPT release key layout, '
                        'cls_prompt_list.*)', '', DAPT_IGNORE, True, 'vpt_deep'),
-
     # Part segmentation: Point-MAE's fine-tuned network (`model_state_dict`), and this project's
     # DAPT segmentation network written back by `--to-torch` (the same keys plus DAPT's).
     'point_mae_seg': Layout('point_mae_seg', 'Point-MAE part segmentation fine-tuned', '',

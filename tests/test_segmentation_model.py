@@ -77,7 +77,11 @@ def test_interpolation_weights_by_hand():
 def test_query_points_and_train_mode_shapes():
   fields = dict(TINY, dtype='float32', head_dropout_rate=0.5, drop_path_rate=0.1)
   net = S.build_model(fields)
-  variables = S.init_variables(net, jax.random.PRNGKey(0), 40)
+  # The model's shapes with random values (initialising would compile the network once more).
+  shapes = jax.eval_shape(lambda k: S.init_variables(net, k, 40), jax.random.PRNGKey(0))
+  rng = np.random.default_rng(0)
+  variables = jax.tree.map(lambda x: jnp.asarray(0.1 * rng.standard_normal(x.shape) + 1.0,
+                                                 x.dtype), shapes)
   pts = jax.random.normal(jax.random.PRNGKey(1), (2, 40, 3))
   cat = jnp.array([0, 2])
   out = jax.jit(lambda v, p, c: net.apply(v, p, c))(variables, pts, cat)

@@ -24,7 +24,7 @@ from typing import Sequence
 VARIANTS = ('dapt', 'full', 'pointmae')
 
 
-def measure(variant: str, batch: int, points: int, steps: int, seed: int = 0) -> dict:
+def measure(variant: str, batch: int, points: int, num_steps: int, seed: int = 0) -> dict:
   """One variant in this process → its record."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
@@ -85,7 +85,7 @@ def measure(variant: str, batch: int, points: int, steps: int, seed: int = 0) ->
   memory.reset_peak_rss()
   holder = {'state': state}
   times = []
-  for i in range(steps + 1):  # the first call is a warm-up
+  for i in range(num_steps + 1):  # the first call is a warm-up
     t = time.perf_counter()
     holder['state'], metrics = compiled(holder['state'], device_batch)
     jax.block_until_ready(metrics)
@@ -147,7 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         capture_output=True, text=True, check=False)
     line = next((l for l in child.stdout.splitlines() if l.startswith('RECORD ')), None)
     if child.returncode or line is None:
-      print(f'error: variant {v} failed: {child.stderr.strip().splitlines()[-1:]}',
+      last = (child.stderr.strip().splitlines() or ['(no output)'])[-1]
+      print(f'error: variant {v} failed (exit status {child.returncode}): {last}',
             file=sys.stderr)
       return 1
     records.append(json.loads(line[len('RECORD '):]))

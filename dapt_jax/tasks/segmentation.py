@@ -179,9 +179,22 @@ class SegmentationTask(base.Task):
 
 
 def _load(config: Any, workdir: Optional[str]):
-  """(net, variables, where they came from) of the workdir's best checkpoint (else init_from)."""
+  """(net, variables, where they came from) of the workdir's best checkpoint (else init_from).
+
+  A training workdir's checkpoint holds every variable, so the model is not initialised (that
+  would compile the whole network once more) but only shaped; otherwise (`init_from` alone)
+  initialised and merged as training does.
+  """
+  from dapt_jax import checkpoints as ckpt_lib  # pylint: disable=g-import-not-at-top
   from dapt_jax import train  # pylint: disable=g-import-not-at-top
-  net, variables, labels = train.build(config)
+  if workdir and ckpt_lib.is_workdir(workdir):
+    task = SegmentationTask(config)
+    net = task.build_model()
+    shapes = jax.eval_shape(lambda k: task.init_variables(net, k), jax.random.PRNGKey(0))
+    variables = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), shapes)
+    labels = None
+  else:
+    net, variables, labels = train.build(config)
   variables, origin = train._variables_for_eval(config, workdir, net, variables, labels)  # pylint: disable=protected-access
   return net.clone(axis_name=None), variables, origin
 
@@ -343,7 +356,9 @@ def predict_parts(config: Any, workdir: Optional[str], input_spec: str,
     npy_path, ply_path = None, None
     if jax.process_index() == 0:
       npy_path, ply_path = stem + '.npy', stem + '.ply'
-      np.save(npy_path, part)
+      with open(npy_path + '.tmp', 'wb') as f:
+        np.save(f, part)
+      os.replace(npy_path + '.tmp', npy_path)
       write_ply(ply_path, cloud, colours(part, task.category_parts), part)
     ids, counts = np.unique(part, return_counts=True)
     out.append(PartPrediction(path, names[c], part, npy_path, ply_path,
