@@ -25,6 +25,9 @@ refused). Its layout is recognised by itself:
   Point-BERT pre-training  keys transformer_k.* (transformer_q, dVAE, queue ignored)
   others                   keys base_model.*    (looked at again inside)
   DAPT fine-tuned          the release's keys   (all must be present)
+  IDPT / PointGST / VPT-deep fine-tuned  their releases' keys (blocks.cls.* / *.gft_adapter.* /
+                           cls_prompt_list.*; all must be present): model.peft idpt / pointgst /
+                           vpt_deep (IDPT's second name of each prompt BatchNorm is checked)
 with or without a `module.` prefix, the state dict under base_model, model, state_dict or bare.
 Every tensor must land on a variable of the model (transposed as needed) or be on the layout's
 ignore list, and shapes must match; otherwise nothing is written. Variables the file does not
@@ -36,7 +39,8 @@ converted tensors, plus DST/report.json. Train from it with
 Without --config the model's shapes are read off the checkpoint (width, depth, rank, classes,
 head input) and the rest comes from configs/scanobjectnn.py:hardest.
 
-Flax → PyTorch (--to-torch). SRC_DIR is a converted checkpoint of a complete DAPT model, or a
+Flax → PyTorch (--to-torch). SRC_DIR is a converted checkpoint of a complete DAPT (or IDPT,
+PointGST, VPT-deep, Point-MAE classifier: model.peft) model, or a
 training workdir (its last checkpoint is exported); the model is the one its report.json (or
 config.json) records unless --config says otherwise. DST.pth holds
 {'base_model': state_dict} in the release's key layout, which the PyTorch release loads.
