@@ -90,6 +90,9 @@ def plot_curves(workdir: str) -> Optional[str]:
   records = read_metrics(workdir)
   train = [r for r in records if r['split'] == 'train' and 'loss' in r]
   evals = [r for r in records if r['split'] == 'eval' and 'accuracy' in r]
+  # Tasks without accuracy (pre-training) evaluate a loss: drawn beside the training loss.
+  eval_losses = [r for r in records if r['split'] == 'eval' and 'loss' in r
+                 and 'accuracy' not in r]
   if not train and not evals:
     return None
   import matplotlib  # pylint: disable=g-import-not-at-top
@@ -102,6 +105,13 @@ def plot_curves(workdir: str) -> Optional[str]:
     ax1.set_ylabel('cross-entropy')
     ax1.set_title('training loss')
     ax1.grid(alpha=0.3)
+  if train and eval_losses:
+    ax1.plot([r['step'] for r in eval_losses], [r['loss'] for r in eval_losses], 'o-',
+             label='eval loss')
+    ax1.set_ylabel('loss')
+    ax1.set_title('loss')
+    ax1.set_yscale('log')
+    ax1.legend()
   if train and 'accuracy' in train[0]:
     ax2.plot([r['epoch'] for r in train], [100 * r['accuracy'] for r in train], '.',
              alpha=0.4, label='train (batch)')
@@ -115,7 +125,8 @@ def plot_curves(workdir: str) -> Optional[str]:
   ax2.set_ylabel('accuracy (%)')
   ax2.set_title('accuracy')
   ax2.grid(alpha=0.3)
-  ax2.legend()
+  if ax2.get_legend_handles_labels()[0]:
+    ax2.legend()
   fig.tight_layout()
   path = os.path.join(workdir, CURVES_FILE)
   fig.savefig(path, dpi=100)

@@ -28,6 +28,7 @@ CONFIG = 'configs/pretrain_shapenet.py:demo'
 DEFAULT_WORKDIR = 'runs/pretrain_demo'
 DEFAULT_OUT = 'assets/pretrained/synthetic_small'
 FORMAT = 'dapt-jax pre-trained backbone, version 1'
+COMMIT_FILE = 'git_commit.txt'
 
 
 def git_commit(root: str) -> str:
@@ -54,6 +55,18 @@ def load_config(spec: str, seed: int):
   return config
 
 
+def _training_wall_seconds(workdir: str) -> float | None:
+  """From the first save (the frozen parameters, written when training starts) to the last."""
+  root = os.path.join(workdir, 'checkpoints')
+  try:
+    start = os.path.getmtime(os.path.join(root, 'frozen'))
+    last = os.path.join(root, 'last')
+    end = max(os.path.getmtime(os.path.join(last, s)) for s in os.listdir(last))
+  except (OSError, ValueError):
+    return None
+  return round(end - start, 1)
+
+
 def _last_eval(workdir: str) -> dict:
   path = os.path.join(workdir, 'metrics.jsonl')
   last = {}
@@ -64,6 +77,34 @@ def _last_eval(workdir: str) -> dict:
         if record.get('split') == 'eval':
           last = record
   return last
+
+
+def readme(report: dict) -> str:
+  """What a person reads beside the shipped backbone."""
+  wall = report.get('train_wall_seconds')
+  wall_text = f'{wall / 3600:.1f} h' if wall else 'unknown'
+  m = report['model']
+  return f"""# A small Point-MAE backbone pre-trained by dapt-jax
+
+Made by `{report['command']}`
+(`bash scripts/pretrain_demo_backbone.sh` runs the same), seed {report['seed']}, at git commit
+`{report['git_commit']}`, on {report['machine']} ({report['date']}; training took {wall_text} of
+wall time). Offline: the data are generated shapes (`synthetic_shapes`, seed
+{report['data']['synthetic_seed']}, {report['data']['synthetic_num_train']} training clouds, other
+clouds than the demo fine-tunes on).
+
+Model: Point-MAE's masked autoencoder, {m['trans_dim']} wide, {m['depth']} encoder blocks
+({m['num_heads']} heads), {m['decoder_depth']} decoder blocks, {m['num_group']} groups of
+{m['group_size']} from {report['data']['num_points']} points, {int(100 * m['mask_ratio'])} % masked.
+Recipe: epochs {report['recipe']['epochs']}, batch {report['recipe']['batch_size']}, AdamW lr
+{report['recipe']['lr']}, weight decay {report['recipe']['weight_decay']}. Test-split Chamfer-L2 at
+the end: {report['final_eval'].get('loss_x1000', float('nan')):.3f} × 1e-3.
+
+This directory is a converted checkpoint (orbax, `{{'params', 'batch_stats'}}` of the whole
+autoencoder) plus `report.json`. Use it as `--config.init_from` for `configs/synthetic.py`-sized
+models (the decoder side is set aside), or export it with
+`python -m convert --to-torch {os.path.relpath(DEFAULT_OUT)} pretrain.pth` (Point-MAE's layout).
+"""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -80,6 +121,11 @@ def main(argv: Sequence[str] | None = None) -> int:
   if os.path.lexists(out) and not args.force:
     print(f'error: {out} already exists (pass --force to replace it)', file=sys.stderr)
     return 2
+  try:
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+  except OSError as e:
+    print(f'error: {os.path.dirname(out)}: cannot create ({e.strerror})', file=sys.stderr)
+    return 2
   logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(message)s')
   logging.getLogger('absl').setLevel(logging.WARNING)
 
@@ -90,6 +136,14 @@ def main(argv: Sequence[str] | None = None) -> int:
   config = load_config(args.config, args.seed)
   commit = git_commit(root)
   resumed = os.path.isdir(os.path.join(args.workdir, 'checkpoints'))
+  # The commit the training started from (kept across resumptions; the export may be later).
+  commit_file = os.path.join(args.workdir, COMMIT_FILE)
+  if not os.path.exists(commit_file):
+    os.makedirs(args.workdir, exist_ok=True)
+    with open(commit_file, 'w') as f:
+      f.write(commit + '\n')
+  with open(commit_file) as f:
+    train_commit = f.read().strip()
   t0 = time.time()
   try:
     summary = train.train_and_evaluate(config, args.workdir)
@@ -111,7 +165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                  f'{args.config} --workdir {args.workdir} --out {args.out}',
       'config': args.config,
       'seed': args.seed,
-      'git_commit': commit,
+      'git_commit': train_commit,
+      'export_git_commit': commit,
       'task': 'pretrain',
       'model': {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.model.items()},
       'data': {k: config.data[k] for k in ('name', 'num_points', 'synthetic_num_train',
@@ -123,6 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       'step': int(step),
       'final_eval': {k: last_eval[k] for k in ('epoch', 'loss', 'loss_x1000') if k in last_eval},
       'train_seconds_this_invocation': round(seconds, 1),
+      'train_wall_seconds': _training_wall_seconds(args.workdir),
       'resumed': resumed,
       'machine': f'{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()}',
       'date': datetime.date.today().isoformat(),
@@ -132,8 +188,11 @@ def main(argv: Sequence[str] | None = None) -> int:
   except pretrained.PretrainedError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
+  with open(os.path.join(out, 'README.md'), 'w') as f:
+    f.write(readme(report))
   print(f'wrote {out} (step {step}, test Chamfer-L2 '
-        f"{report['final_eval'].get('loss_x1000', float('nan')):.3f} x1e-3; commit {commit})")
+        f"{report['final_eval'].get('loss_x1000', float('nan')):.3f} x1e-3; trained at commit "
+        f'{train_commit})')
   return 0
 
 
