@@ -12,6 +12,7 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0                      # root of every random key (init, dropout, augmentation, shuffling)
   c.init_from = config_dict.placeholder(str)  # converted checkpoint dir (python -m convert); None: random backbone
+  c.compile_cache_dir = '~/.cache/dapt_jax/jax_cache'  # persistent XLA compilation cache ('' turns it off)
   c.overwrite = False             # allow a workdir that holds a run of a different config to be replaced
 
   c.model = ml_collections.ConfigDict()
@@ -31,6 +32,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.freeze_bn_stats = False  # True: frozen encoder BatchNorm uses running stats (release: False)
   c.model.dtype = 'float32'       # compute dtype: float32 or bfloat16 (params stay float32)
   c.model.remat = False           # recompute block activations in the backward pass (saves memory)
+  c.model.fps_impl = 'xla'        # farthest point sampling: 'xla' (fori_loop) or 'pallas' (one kernel per cloud)
+  c.model.remat_policy = 'matmuls'  # blocks keep for backward: matmul outputs (rest recomputed), 'all' or 'inputs'
 
   c.partition_rules = tuple(partition.DAPT_RULES)  # ordered (regex over param path, label); first match wins
 

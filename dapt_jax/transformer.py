@@ -7,10 +7,17 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
+from jax.ad_checkpoint import checkpoint_name
 
 from dapt_jax import layers
 
 Array = jax.Array
+
+# The block values a DAPT block keeps for its backward pass under the 'matmuls' remat policy
+# (model.remat_policy): the outputs of its weight matmuls. Everything else in the block
+# (LayerNorms, scale-shifts, GELU, softmax, the attention products) is elementwise or cheap and is
+# recomputed from these and the block's input. Outside `jax.checkpoint` the names do nothing.
+SAVED_NAMES = ('qkv', 'proj', 'fc1', 'fc2', 'adapter_scale', 'adapter_down', 'adapter_up')
 
 
 def _dense(features: int, name: str, dtype: Any, use_bias: bool = True) -> nn.Dense:
@@ -28,7 +35,7 @@ class Attention(nn.Module):
     """x: [B, T, C] → [B, T, C]."""
     b, t, c = x.shape
     h = self.num_heads
-    qkv = _dense(3 * c, 'qkv', self.dtype, use_bias=False)(x)
+    qkv = checkpoint_name(_dense(3 * c, 'qkv', self.dtype, use_bias=False)(x), 'qkv')
     qkv = layers.ScaleShift(name='qkv_tfts')(qkv)
     qkv = qkv.reshape(b, t, 3, h, c // h)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]          # [B, T, H, D]
@@ -36,7 +43,7 @@ class Attention(nn.Module):
     logits = jnp.einsum('bqhd,bkhd->bhqk', q, k) * scale
     weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
     out = jnp.einsum('bhqk,bkhd->bqhd', weights, v).reshape(b, t, c)
-    out = _dense(c, 'proj', self.dtype)(out)
+    out = checkpoint_name(_dense(c, 'proj', self.dtype)(out), 'proj')
     return layers.ScaleShift(name='proj_tfts')(out)
 
 
@@ -48,10 +55,10 @@ class Mlp(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     c = x.shape[-1]
-    h = _dense(self.hidden_dim, 'fc1', self.dtype)(x)
+    h = checkpoint_name(_dense(self.hidden_dim, 'fc1', self.dtype)(x), 'fc1')
     h = layers.ScaleShift(name='fc1_tfts')(h)
     h = nn.gelu(h, approximate=False)
-    h = _dense(c, 'fc2', self.dtype)(h)
+    h = checkpoint_name(_dense(c, 'fc2', self.dtype)(h), 'fc2')
     return layers.ScaleShift(name='fc2_tfts')(h)
 
 
@@ -69,14 +76,16 @@ class DynamicAdapter(nn.Module):
   def __call__(self, y: Array, train: bool) -> Array:
     c = y.shape[-1]
     z = layers.layer_norm('norm', self.dtype)(y)
-    s = nn.relu(nn.Dense(1, kernel_init=layers.torch_linear_kernel_init, dtype=self.dtype,
-                         name='scale')(z))
+    s = nn.Dense(1, kernel_init=layers.torch_linear_kernel_init, dtype=self.dtype,
+                 name='scale')(z)
+    s = nn.relu(checkpoint_name(s, 'adapter_scale'))
     d = nn.Dense(self.rank, kernel_init=layers.torch_linear_kernel_init, dtype=self.dtype,
                  name='down_proj')(z)
+    d = checkpoint_name(d, 'adapter_down')
     d = nn.gelu(d, approximate=False)
     d = nn.Dropout(self.dropout_rate, deterministic=not train)(d)
     a = nn.Dense(c, kernel_init=nn.initializers.zeros, dtype=self.dtype, name='up_proj')(d)
-    return a * s
+    return checkpoint_name(a, 'adapter_up') * s
 
 
 class DAPTBlock(nn.Module):

@@ -1,9 +1,10 @@
 """The Flax model against SPEC §4's parameter counts and the independent PyTorch reference.
 
 Tolerances: logits ≤ 1e-4 max abs difference (float32); BatchNorm running statistics ≤ 1e-5
-max abs; gradients ≤ 1e-4 relative error per parameter tensor, measured as
-max|g_flax − g_torch| / max|g_torch|.
+max abs; gradients against the reference in float64: ≤ 1e-4 relative error per parameter tensor,
+max|g_flax − g_torch64| / max|g_torch64|, or 4 × PyTorch float32's own error where that is larger.
 """
+import copy
 import importlib
 import math
 
@@ -179,12 +180,21 @@ ZERO_GRADIENT = ('cls_head_finetune.0.bias', 'cls_head_finetune.4.bias', 'tfts_b
 
 
 def test_gradients_of_trainable_parameters_match_reference():
+  """JAX's float32 gradients against the reference run in float64 (the truth).
+
+  Tolerance from float32 rounding: 1e-4 of the tensor's largest entry, or, for a gradient that is
+  a sum with heavy cancellation (an adapter's scale bias sums signed terms over every token),
+  4 times the error PyTorch's own float32 run makes on that tensor: float32 JAX must be as close
+  to the truth as float32 PyTorch, not to PyTorch's rounding.
+  """
   ref, net, variables = _train_mode_pair(seed=5)
-  torch_reference.set_release_trainable(ref)
-  pts = random_clouds(6, 128, 5)
+  ref64 = copy.deepcopy(ref).double()
   labels = np.array([0, 1, 2, 3, 4, 0])
-  logits = ref(torch.from_numpy(pts))
-  torch.nn.functional.cross_entropy(logits, torch.from_numpy(labels)).backward()
+  pts = random_clouds(6, 128, 5)
+  for r, x in ((ref, torch.from_numpy(pts)), (ref64, torch.from_numpy(pts).double())):
+    torch_reference.set_release_trainable(r)
+    torch.nn.functional.cross_entropy(r(x), torch.from_numpy(labels)).backward()
+  grads64 = dict(ref64.named_parameters())
 
   rules = partition.DAPT_RULES
   param_labels = partition.label_params(variables['params'], rules)
@@ -203,35 +213,60 @@ def test_gradients_of_trainable_parameters_match_reference():
   for name, p in ref.named_parameters():
     if name not in torch_trainable:
       continue
-    want = p.grad.numpy()
-    got = np.asarray(grads[key_map[name]])
+    want32 = p.grad.numpy().astype(np.float64)
+    want = grads64[name].grad.numpy()
+    got = np.asarray(grads[key_map[name]], np.float64)
     if want.ndim == 2:
       got = got.T
     got = got.reshape(want.shape)
     if name in ZERO_GRADIENT:
-      # Mathematically zero: both sides must be rounding noise.
-      assert np.abs(want).max() <= 1e-6 and np.abs(got).max() <= 1e-6, name
+      # Mathematically zero: every side must be rounding noise.
+      assert max(np.abs(want32).max(), np.abs(got).max()) <= 1e-6, name
+      assert np.abs(want).max() <= 1e-12, name
       continue
     scale = np.abs(want).max()
     assert scale > 1e-5, name
     rel = np.abs(got - want).max() / scale
-    assert rel <= 1e-4, f'{name}: relative error {rel:.2e}'
+    torch_rel = np.abs(want32 - want).max() / scale
+    assert rel <= max(1e-4, 4 * torch_rel), (
+        f'{name}: relative error {rel:.2e} (PyTorch float32: {torch_rel:.2e})')
 
 
-def test_remat_changes_nothing_but_memory():
-  """`model.remat` recomputes activations: same logits and gradients (1e-6)."""
-  cfg = dict(TINY, depth=2)
-  net = model_lib.build_model(cfg).clone(head_dropout_rate=0.0)
-  net_remat = model_lib.build_model(dict(cfg, remat=True)).clone(head_dropout_rate=0.0)
+@pytest.mark.parametrize('overrides', [{'remat_policy': 'matmuls'}, {'remat_policy': 'inputs'},
+                                       {'remat': True}])
+def test_remat_changes_nothing_but_memory(overrides):
+  """Recomputing block activations (`model.remat_policy`, `model.remat`) changes no value:
+  logits and gradients equal those of `remat_policy='all'`, with dropout and stochastic depth on
+  (the recomputation must draw the forward pass's masks: a different mask would change the
+  gradients by O(1)). Tolerance: recomputation may fuse differently, and the head's training-mode
+  BatchNorm over 4 samples amplifies float32 rounding, so 1e-4 of the largest gradient entry."""
+  cfg = dict(TINY, depth=2, drop_path_rate=0.2, drop_adapter_rate=0.3)
+  net = model_lib.build_model(dict(cfg, remat_policy='all')).clone(head_dropout_rate=0.0)
+  net_remat = model_lib.build_model(dict(cfg, **overrides)).clone(head_dropout_rate=0.0)
   variables = model_lib.init_variables(net, jax.random.PRNGKey(0), 96)
-  pts = random_clouds(4, 96, 7)
+  flat = partition.flatten(variables['params'])
+  rng = np.random.default_rng(0)
+  for path in flat:
+    if 'up_proj' in path:  # zero at init: make the adapters do something
+      flat[path] = rng.normal(0.0, 0.05, flat[path].shape).astype(np.float32)
+  params = partition.unflatten(flat)
+  pts = random_clouds(8, 96, 7)
+  weights = rng.normal(size=(8, TINY['num_classes'])).astype(np.float32)
 
   def loss(net, params):
     out, _ = net.apply({'params': params, 'batch_stats': variables['batch_stats']}, pts,
-                       train=True, mutable=['batch_stats'])
-    return out.sum() ** 2
+                       train=True, mutable=['batch_stats'], rngs={'dropout': jax.random.PRNGKey(1)})
+    return jnp.sum(out * weights), out
 
-  g = jax.grad(lambda p: loss(net, p))(variables['params'])
-  g_remat = jax.grad(lambda p: loss(net_remat, p))(variables['params'])
+  (_, out), g = jax.value_and_grad(lambda p: loss(net, p), has_aux=True)(params)
+  (_, out_remat), g_remat = jax.value_and_grad(lambda p: loss(net_remat, p), has_aux=True)(params)
+  np.testing.assert_allclose(np.asarray(out_remat), np.asarray(out), atol=1e-4 * np.abs(out).max())
+  assert jax.tree.structure(g) == jax.tree.structure(g_remat)
+  scale = max(np.abs(a).max() for a in jax.tree.leaves(g))
   for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_remat)):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-4 * scale, rtol=0)
+
+
+def test_unknown_remat_policy_is_a_config_error():
+  with pytest.raises(model_lib.ModelConfigError, match='remat_policy'):
+    model_lib.build_model(dict(TINY, remat_policy='dots'))
