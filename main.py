@@ -63,6 +63,7 @@ def main(argv):
       jax.distributed.initialize()
 
   from dapt_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  from dapt_jax import compile_cache  # pylint: disable=g-import-not-at-top
   from dapt_jax import data  # pylint: disable=g-import-not-at-top
   from dapt_jax import evaluate  # pylint: disable=g-import-not-at-top
   from dapt_jax import model  # pylint: disable=g-import-not-at-top
@@ -71,9 +72,10 @@ def main(argv):
   from dapt_jax import train  # pylint: disable=g-import-not-at-top
   user_errors = (data.DataError, model.ModelConfigError, partition.PartitionError,
                  pretrained.PretrainedError, checkpoints.CheckpointError,
-                 train.TrainingError, evaluate.InputError)
+                 train.TrainingError, evaluate.InputError, compile_cache.CompileCacheError)
   config = FLAGS.config
   try:
+    compile_cache.enable(config.compile_cache_dir)  # before anything compiles
     if FLAGS.mode == 'train':
       summary = train.train_and_evaluate(config, FLAGS.workdir)
       if summary['final_accuracy'] is not None:
