@@ -61,9 +61,10 @@ def _sample_keys(key: jax.Array, local_batch: int) -> jax.Array:
   return jax.vmap(lambda i: jax.random.fold_in(key, i))(offset + jnp.arange(local_batch))
 
 
-def _train_views(key, points, num_points, point_all, skip_full_fps=False):
+def _train_views(key, points, num_points, point_all, skip_full_fps=False, fps_impl='xla'):
   keys = _sample_keys(key, points.shape[0])
-  return augment.train_views_per_sample(keys, points, num_points, point_all, skip_full_fps)
+  return augment.train_views_per_sample(keys, points, num_points, point_all, skip_full_fps,
+                                        fps_impl)
 
 
 def train_step(state: TrainState, batch: dict, *, net: Any, tx: optax.GradientTransformation,
@@ -76,7 +77,8 @@ def train_step(state: TrainState, batch: dict, *, net: Any, tx: optax.GradientTr
   """
   step_key = jax.random.fold_in(state.rng, state.step)
   aug_key, drop_key = jax.random.split(step_key)
-  points = _train_views(aug_key, batch['points'], num_points, point_all, skip_full_fps)
+  points = _train_views(aug_key, batch['points'], num_points, point_all, skip_full_fps,
+                        getattr(net, 'fps_impl', 'xla'))
   drop_key = jax.random.fold_in(drop_key, jax.lax.axis_index(AXIS))
   labels = batch['label']
 
@@ -113,9 +115,10 @@ def eval_step(state: TrainState, batch: dict, *, net: Any, num_points: int, poin
   variables = {'params': state.params, 'batch_stats': state.batch_stats}
   apply = lambda pts: net.apply(variables, pts, train=False)
   if votes <= 1:
-    return apply(augment.eval_view(batch['points'], num_points))
+    return apply(augment.eval_view(batch['points'], num_points, getattr(net, 'fps_impl', 'xla')))
   keys = _sample_keys(jax.random.PRNGKey(0), batch['points'].shape[0])
-  views = augment.vote_views_per_sample(keys, batch['points'], num_points, point_all, votes)
+  views = augment.vote_views_per_sample(keys, batch['points'], num_points, point_all, votes,
+                                        fps_impl=getattr(net, 'fps_impl', 'xla'))
   logits = jax.lax.map(apply, views)                      # [votes, b, classes]
   return jnp.mean(logits, axis=0)
 
