@@ -84,6 +84,7 @@ def main(argv):
     jax.pmap(lambda x: jax.lax.psum(x, 'all'), axis_name='all')(
         jax.numpy.ones(jax.local_device_count())).block_until_ready()
 
+  from dapt_jax import compile_cache  # pylint: disable=g-import-not-at-top
   from dapt_jax import validate  # pylint: disable=g-import-not-at-top
   from dapt_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   config = FLAGS.config
@@ -93,6 +94,7 @@ def main(argv):
       from dapt_jax.data import classes  # pylint: disable=g-import-not-at-top
       config = classes.fit_to_data(config)  # folder data: prepared, model.num_classes set
     validate.check_run(config, FLAGS.workdir, FLAGS.mode)
+    compile_cache.enable(config.get('compile_cache_dir', compile_cache.DEFAULT_DIR))
     from dapt_jax import train  # pylint: disable=g-import-not-at-top
     if FLAGS.mode == 'train':
       with workdir_lib.lock(FLAGS.workdir, enabled=jax.process_index() == 0):

@@ -11,6 +11,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.task = 'classification'      # what is trained: classification (dapt_jax/tasks/)
   c.seed = 0                      # root of every random key (init, dropout, augmentation, shuffling)
   c.init_from = config_dict.placeholder(str)  # converted checkpoint dir (python -m convert); None: random backbone
+  c.compile_cache_dir = '~/.cache/dapt_jax/jax_cache'  # persistent XLA compilation cache ('' turns it off)
   c.overwrite = False             # allow a workdir that holds a run of a different config to be replaced
 
   c.model = ml_collections.ConfigDict()
@@ -39,6 +40,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.lora_rank = 8           # lora: rank of the attention qkv/proj updates
   c.model.lora_alpha = 8.0        # lora: updates scaled by lora_alpha / lora_rank
   c.model.adapter_dim = 32        # adapter: bottleneck width of the two adapters per block
+  c.model.fps_impl = 'xla'        # farthest point sampling: 'xla' (fori_loop) or 'pallas' (one kernel per cloud)
+  c.model.remat_policy = 'matmuls'  # blocks keep for backward: matmul outputs (rest recomputed), 'all' or 'inputs'
 
   # Ordered (regex over param path, label), first match wins; None: model.peft's (partition.METHOD_RULES).
   c.partition_rules = config_dict.placeholder(tuple)

@@ -16,6 +16,64 @@ Array = jax.Array
 
 HEAD_TOKENS = ('cls', 'prompt', 'patch')
 
+# What each block keeps for the backward pass (model.remat_policy):
+#   'matmuls'  the outputs of its weight matmuls (transformer.SAVED_NAMES); LayerNorms,
+#              scale-shifts, GELU, softmax and the attention products are recomputed from them
+#              and the block input (exact: the same operations run again on the same values);
+#   'all'      whatever autodiff keeps (no recomputation);
+#   'inputs'   the block input only: the whole block is recomputed (what `remat=True` selects).
+REMAT_POLICIES = ('matmuls', 'all', 'inputs')
+
+
+def _apply_block(block: nn.Module, x: Array, train: bool) -> Array:
+  return block(x, train)
+
+
+def _after(values: Any, cotangent: Array) -> Any:
+  """`values` with every floating array of rank ≥ 3 (the saved activations) multiplied by a 1
+  computed from `cotangent`, so that nothing computed from them can run before the cotangent
+  exists. `(s - s) + 1` is exactly 1 for a finite s, and XLA does not fold it (it would be wrong
+  for an infinite s), so the product is the value itself, bit for bit, sign of zero included.
+  """
+  s = cotangent.reshape(-1)[0]
+  one = (s - s) + 1
+
+  def tie(v):
+    if jnp.ndim(v) >= 3 and jnp.issubdtype(v.dtype, jnp.floating):
+      return v * one.astype(v.dtype)
+    return v
+
+  return jax.tree.map(tie, values)
+
+
+def run_block(block: nn.Module, x: Array, train: bool, policy: str) -> Array:
+  """`block(x, train)`, keeping for the backward pass what `policy` says (REMAT_POLICIES).
+
+  Recomputation alone is not enough: XLA may schedule a block's recomputation anywhere after the
+  forward pass (an `optimization_barrier` does not survive XLA:CPU's early passes), and XLA:CPU
+  moves all twelve to the start of the backward pass, where they are all live at once. So the
+  backward pass is a custom VJP that first makes the saved activations depend on the incoming
+  cotangent (`_after`): block i is recomputed only when the backward pass reaches it. Parameter
+  paths are unchanged (the lifted transforms act on `block`'s own scope), and so are the values:
+  the VJP is JAX's own, of the same function, on the same saved values.
+  """
+  if policy == 'all':
+    return block(x, train)
+  saveable = (jax.checkpoint_policies.save_only_these_names(*transformer.SAVED_NAMES)
+              if policy == 'matmuls' else jax.checkpoint_policies.nothing_saveable)
+  remat_apply = nn.remat(_apply_block, static_argnums=(2,), policy=saveable)
+
+  def fwd(mdl, x, train):
+    return nn.vjp(lambda m, v: remat_apply(m, v, train), mdl, x)
+
+  def bwd(train, vjp_fn, y_t):
+    del train
+    return _after(vjp_fn, y_t)(y_t)
+
+  ordered = nn.custom_vjp(_apply_block, forward_fn=fwd, backward_fn=bwd, nondiff_argnums=(2,))
+  return ordered(block, x, train)
+
+
 # The model fields a config's `model` section must hold (see docs/architecture.md).
 MODEL_FIELDS = ('trans_dim', 'depth', 'num_heads', 'mlp_ratio', 'encoder_dims', 'num_group',
                 'group_size', 'rank', 'num_classes', 'drop_path_rate', 'drop_adapter_rate',
@@ -69,10 +127,12 @@ class DAPTClassifier(nn.Module):
   axis_name: Optional[str] = None
   head_dropout_rate: float = 0.5  # the release's fixed head dropout; tests set 0 for parity
   remat: bool = False  # recompute each block's activations in the backward pass (less memory)
+  remat_policy: str = 'matmuls'  # what blocks keep for the backward pass (REMAT_POLICIES)
+  fps_impl: str = 'xla'  # farthest point sampling: 'xla' or 'pallas' (tokenizer.fps)
 
   def tokenize(self, points: Array) -> tuple[Array, Array]:
     """points [B, N, 3] → (neighborhood [B, G, K, 3], centers [B, G, 3])."""
-    return tokenizer.group_points(points, self.num_group, self.group_size)
+    return tokenizer.group_points(points, self.num_group, self.group_size, self.fps_impl)
 
   def __call__(self, points: Array, train: bool = False) -> Array:
     """points: [B, N, 3] float32 → logits [B, num_classes] float32 (float64 for dtype float64)."""
@@ -99,11 +159,11 @@ class DAPTClassifier(nn.Module):
     pos = jnp.concatenate([jnp.broadcast_to(cls_pos, (b, 1, c)).astype(pos.dtype), pos], 1)
     x = x + pos
 
-    block_cls = (nn.remat(transformer.DAPTBlock, static_argnums=(2,)) if self.remat
-                 else transformer.DAPTBlock)
+    policy = 'inputs' if self.remat else self.remat_policy
     for i, rate in enumerate(layers.drop_path_rates(self.drop_path_rate, self.depth)):
-      x = block_cls(self.num_heads, self.mlp_ratio, self.rank, rate,
-                                self.drop_adapter_rate, self.dtype, name=f'blocks_{i}')(x, train)
+      block = transformer.DAPTBlock(self.num_heads, self.mlp_ratio, self.rank, rate,
+                                    self.drop_adapter_rate, self.dtype, name=f'blocks_{i}')
+      x = run_block(block, x, train, policy)
 
     x = layers.ScaleShift(name='norm_tfts')(layers.layer_norm('norm', self.dtype)(x))
     features = []
@@ -137,7 +197,8 @@ def build_model(cfg: Any, axis_name: Optional[str] = None) -> DAPTClassifier:
   v = {f: _get(cfg, f) for f in MODEL_FIELDS}
   # Optional fields (older configs and converted-checkpoint configs may not carry them).
   optional = {}
-  for field, default in (('head_dropout_rate', 0.5), ('remat', False), ('peft', 'dapt')):
+  for field, default in (('head_dropout_rate', 0.5), ('remat', False), ('peft', 'dapt'),
+                         ('remat_policy', 'matmuls'), ('fps_impl', 'xla')):
     try:
       optional[field] = _get(cfg, field)
     except ModelConfigError:
@@ -160,6 +221,12 @@ def build_model(cfg: Any, axis_name: Optional[str] = None) -> DAPTClassifier:
   for f in ('drop_path_rate', 'drop_adapter_rate'):
     if not 0.0 <= float(v[f]) < 1.0:
       raise ModelConfigError(f'model.{f}={v[f]!r}: must be in [0, 1)')
+  if optional['remat_policy'] not in REMAT_POLICIES:
+    raise ModelConfigError(f"model.remat_policy={optional['remat_policy']!r}: must be one of "
+                           f'{REMAT_POLICIES}')
+  if optional['fps_impl'] not in tokenizer.FPS_IMPLS:
+    raise ModelConfigError(f"model.fps_impl={optional['fps_impl']!r}: must be one of "
+                           f'{tokenizer.FPS_IMPLS}')
   dtypes = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float64': jnp.float64}
   if v['dtype'] not in dtypes:
     raise ModelConfigError(f"model.dtype={v['dtype']!r}: must be one of {sorted(dtypes)}")
@@ -183,7 +250,8 @@ def build_model(cfg: Any, axis_name: Optional[str] = None) -> DAPTClassifier:
       drop_path_rate=float(v['drop_path_rate']),
       drop_adapter_rate=float(v['drop_adapter_rate']), head_tokens=head_tokens,
       freeze_bn_stats=bool(v['freeze_bn_stats']), dtype=dtypes[v['dtype']], axis_name=axis_name,
-      head_dropout_rate=float(optional['head_dropout_rate']), remat=bool(optional['remat']))
+      head_dropout_rate=float(optional['head_dropout_rate']), remat=bool(optional['remat']),
+      remat_policy=optional['remat_policy'], fps_impl=optional['fps_impl'])
 
 
 def init_variables(net: DAPTClassifier, key: jax.Array, num_points: int,

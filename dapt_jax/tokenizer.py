@@ -62,6 +62,25 @@ def farthest_point_sample(points: Array, num_samples: int) -> Array:
   return indices
 
 
+FPS_IMPLS = ('xla', 'pallas')
+
+
+def fps(points: Array, num_samples: int, impl: str = 'xla') -> Array:
+  """`farthest_point_sample` by the chosen implementation (`model.fps_impl`); same indices.
+
+  'xla': the `fori_loop` above. 'pallas': one kernel per cloud (`dapt_jax.fps_pallas`), lowered
+  for the accelerator; on CPU, which Pallas cannot compile for, it runs in interpret mode (slow:
+  for tests).
+  """
+  if impl == 'xla':
+    return farthest_point_sample(points, num_samples)
+  if impl == 'pallas':
+    from dapt_jax import fps_pallas  # pylint: disable=g-import-not-at-top  (Pallas only if chosen)
+    return fps_pallas.farthest_point_sample(points, num_samples,
+                                            interpret=jax.default_backend() == 'cpu')
+  raise ValueError(f'fps_impl={impl!r}: must be one of {FPS_IMPLS}')
+
+
 def gather_points(points: Array, indices: Array) -> Array:
   """points: [B, N, D]; indices: [B, ...] int → [B, ..., D]."""
   batch = points.shape[0]
@@ -90,20 +109,46 @@ def knn_group(points: Array, centers: Array, group_size: int) -> tuple[Array, Ar
   return neighborhood, idx
 
 
-def group_points(points: Array, num_group: int, group_size: int) -> tuple[Array, Array]:
+def group_points(points: Array, num_group: int, group_size: int, fps_impl: str = 'xla'
+                 ) -> tuple[Array, Array]:
   """FPS centres, then kNN groups.
 
   Args:
     points: [B, N, 3] float32.
+    fps_impl: 'xla' or 'pallas' (see `fps`).
 
   Returns:
     neighborhood [B, G, K, 3] (relative to the centres) and centers [B, G, 3].
   """
   points = layers.at_least_float32(points)
-  center_idx = farthest_point_sample(points, num_group)
+  center_idx = fps(points, num_group, fps_impl)
   centers = gather_points(points, center_idx)
   neighborhood, _ = knn_group(points, centers, group_size)
   return neighborhood, centers
+
+
+class GlobalLocalDense(nn.Module):
+  """A Dense layer over `concat([broadcast(g), f], -1)` that never builds the concatenation.
+
+  The mini-PointNet's third layer sees every point's feature beside its group's max-pooled one.
+  Its kernel [Fg + Ff, out] splits into the rows for g and the rows for f, so
+  `concat(...) @ W = g @ W[:Fg] + f @ W[Fg:]`: the g product is computed once per group instead
+  of once per point (half the layer's FLOPs) and the [B, G, K, Fg + Ff] input is never held.
+  Parameters are a plain Dense's (`kernel`, `bias`), so checkpoints are unchanged.
+  """
+  features: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, g: Array, f: Array) -> Array:
+    """g: [..., 1, Fg] (one row per group); f: [..., K, Ff] → [..., K, features]."""
+    fg = g.shape[-1]
+    kernel = self.param('kernel', layers.backbone_kernel_init, (fg + f.shape[-1], self.features))
+    bias = self.param('bias', nn.initializers.zeros, (self.features,))
+    kernel, bias = kernel.astype(self.dtype), bias.astype(self.dtype)
+    out_g = jnp.dot(g.astype(self.dtype), kernel[:fg])
+    out_f = jnp.dot(f.astype(self.dtype), kernel[fg:])
+    return out_f + (out_g + bias)
 
 
 class PatchEncoder(nn.Module):
@@ -130,13 +175,11 @@ class PatchEncoder(nn.Module):
       return layers.TorchBatchNorm(use_running_average=self.use_running_average,
                                    axis_name=self.axis_name, name=name)
 
-    k = neighborhood.shape[2]
     f = dense(128, 'fc1')(neighborhood)
     f = nn.relu(bn('bn1')(f))
     f = dense(256, 'fc2')(f)                                   # [B, G, K, 256]
-    g = jnp.max(f, axis=2, keepdims=True)
-    f = jnp.concatenate([jnp.broadcast_to(g, f.shape[:2] + (k, 256)), f], axis=-1)
-    f = dense(512, 'fc3')(f)
+    g = jnp.max(f, axis=2, keepdims=True)                      # [B, G, 1, 256]
+    f = GlobalLocalDense(512, self.dtype, name='fc3')(g, f)    # = Dense(concat([g, f]))
     f = nn.relu(bn('bn2')(f))
     f = dense(self.encoder_dims, 'fc4')(f)
     return jnp.max(f, axis=2)

@@ -36,7 +36,7 @@ log = logging.getLogger('dapt_jax')
 CONFIG_FILE = 'config.json'
 # Fields that may change between runs of the same workdir without making it a different run.
 RESUMABLE_FIELDS = ('overwrite', 'max_steps', 'progress_bar', 'eval', 'log_every_steps',
-                    'init_from', 'checkpoint')
+                    'init_from', 'checkpoint', 'compile_cache_dir')
 
 
 class TrainingError(errors.UserError, RuntimeError):

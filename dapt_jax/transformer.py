@@ -7,10 +7,17 @@ from typing import Any, Callable, Optional
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
+from jax.ad_checkpoint import checkpoint_name
 
 from dapt_jax import layers
 
 Array = jax.Array
+
+# The block values a DAPT block keeps for its backward pass under the 'matmuls' remat policy
+# (model.remat_policy): the outputs of its weight matmuls. Everything else in the block
+# (LayerNorms, scale-shifts, GELU, softmax, the attention products) is elementwise or cheap and is
+# recomputed from these and the block's input. Outside `jax.checkpoint` the names do nothing.
+SAVED_NAMES = ('qkv', 'proj', 'fc1', 'fc2', 'adapter_scale', 'adapter_down', 'adapter_up')
 
 
 def _dense(features: int, name: str, dtype: Any, use_bias: bool = True,
@@ -44,7 +51,7 @@ class Attention(nn.Module):
     h = self.num_heads
     make_dense = self.dense or _dense
     qkv = make_dense(3 * c, 'qkv', self.dtype, use_bias=False, kernel_init=self.kernel_init)(x)
-    qkv = _scale_shift(self.scale_shift, 'qkv_tfts', qkv)
+    qkv = _scale_shift(self.scale_shift, 'qkv_tfts', checkpoint_name(qkv, 'qkv'))
     qkv = qkv.reshape(b, t, 3, h, c // h)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]          # [B, T, H, D]
     scale = (c // h) ** -0.5
@@ -52,7 +59,7 @@ class Attention(nn.Module):
     weights = jax.nn.softmax(layers.at_least_float32(logits), axis=-1).astype(v.dtype)
     out = jnp.einsum('bhqk,bkhd->bqhd', weights, v).reshape(b, t, c)
     out = make_dense(c, 'proj', self.dtype, kernel_init=self.kernel_init)(out)
-    return _scale_shift(self.scale_shift, 'proj_tfts', out)
+    return _scale_shift(self.scale_shift, 'proj_tfts', checkpoint_name(out, 'proj'))
 
 
 class Mlp(nn.Module):
@@ -66,10 +73,10 @@ class Mlp(nn.Module):
   def __call__(self, x: Array) -> Array:
     c = x.shape[-1]
     h = _dense(self.hidden_dim, 'fc1', self.dtype, kernel_init=self.kernel_init)(x)
-    h = _scale_shift(self.scale_shift, 'fc1_tfts', h)
+    h = _scale_shift(self.scale_shift, 'fc1_tfts', checkpoint_name(h, 'fc1'))
     h = nn.gelu(h, approximate=False)
     h = _dense(c, 'fc2', self.dtype, kernel_init=self.kernel_init)(h)
-    return _scale_shift(self.scale_shift, 'fc2_tfts', h)
+    return _scale_shift(self.scale_shift, 'fc2_tfts', checkpoint_name(h, 'fc2'))
 
 
 class DynamicAdapter(nn.Module):
@@ -86,14 +93,16 @@ class DynamicAdapter(nn.Module):
   def __call__(self, y: Array, train: bool) -> Array:
     c = y.shape[-1]
     z = layers.layer_norm('norm', self.dtype)(y)
-    s = nn.relu(nn.Dense(1, kernel_init=layers.torch_linear_kernel_init, dtype=self.dtype,
-                         name='scale')(z))
+    s = nn.Dense(1, kernel_init=layers.torch_linear_kernel_init, dtype=self.dtype,
+                 name='scale')(z)
+    s = nn.relu(checkpoint_name(s, 'adapter_scale'))
     d = nn.Dense(self.rank, kernel_init=layers.torch_linear_kernel_init, dtype=self.dtype,
                  name='down_proj')(z)
+    d = checkpoint_name(d, 'adapter_down')
     d = nn.gelu(d, approximate=False)
     d = nn.Dropout(self.dropout_rate, deterministic=not train)(d)
     a = nn.Dense(c, kernel_init=nn.initializers.zeros, dtype=self.dtype, name='up_proj')(d)
-    return a * s
+    return checkpoint_name(a, 'adapter_up') * s
 
 
 class DAPTBlock(nn.Module):

@@ -186,6 +186,7 @@ def _top_level(config, ctx: Context) -> None:
   _bool(config, 'overwrite', default=False)
   _bool(config, 'progress_bar', default=True)
   _str(config, 'init_from', optional=True, default=None)
+  _str(config, 'compile_cache_dir', optional=True, allow_empty=True, default=None)
 
 
 @register('model')

@@ -5,6 +5,7 @@ Parity is checked in float64 on both sides (JAX under `jax.enable_x64`, the refe
 One float32 check (F32_RTOL) confirms that the float32 model, as trained, agrees to within float32
 rounding.
 """
+import copy
 import importlib
 import math
 
@@ -250,11 +251,13 @@ def _zero_part(name, width):
 
 def test_gradients_of_trainable_parameters_match_reference(x64):
   ref, net, variables = _train_mode_pair(seed=5)
-  torch_reference.set_release_trainable(ref)
-  pts = random_clouds(6, 128, 5)
+  ref64 = copy.deepcopy(ref).double()
   labels = np.array([0, 1, 2, 3, 4, 0])
-  logits = ref(torch.from_numpy(pts))
-  torch.nn.functional.cross_entropy(logits, torch.from_numpy(labels)).backward()
+  pts = random_clouds(6, 128, 5)
+  for r, x in ((ref, torch.from_numpy(pts)), (ref64, torch.from_numpy(pts).double())):
+    torch_reference.set_release_trainable(r)
+    torch.nn.functional.cross_entropy(r(x), torch.from_numpy(labels)).backward()
+  grads64 = dict(ref64.named_parameters())
 
   rules = partition.DAPT_RULES
   param_labels = partition.label_params(variables['params'], rules)
@@ -272,50 +275,62 @@ def test_gradients_of_trainable_parameters_match_reference(x64):
   assert sorted(key_map[n] for n in torch_trainable) == sorted(grads)
   pairs = {}
   for name, p in ref.named_parameters():
-    if name in torch_trainable:
-      want = p.grad.numpy()
-      got = np.asarray(grads[key_map[name]])
-      assert got.dtype == want.dtype == np.float64
-      pairs[name] = ((got.T if want.ndim == 2 else got).reshape(want.shape), want)
-  scale = max(np.abs(want).max() for _, want in pairs.values())
-  zero_checked = 0
-  for name, (got, want) in pairs.items():
-    zero = _zero_part(name, TINY['trans_dim'])
-    if zero is not None:
-      for side in (got, want):
-        assert np.abs(side[zero]).max() <= F64_RTOL * scale, f'{name}: not zero'
-      zero_checked += 1
-      keep = np.ones(want.shape, bool)
-      keep[zero] = False
-      got, want = got[keep], want[keep]
-      if not want.size:
-        continue
-    # Each tensor against its own largest entry; it must carry a real gradient to compare.
-    assert np.abs(want).max() > 1e-4 * scale, name
-    err = relative_error(got, want)
-    assert err <= F64_RTOL, f'{name}: relative error {err:.2e}'
-  assert zero_checked == len(ZERO_GRADIENT) + TINY['depth']
+    if name not in torch_trainable:
+      continue
+    want32 = p.grad.numpy().astype(np.float64)
+    want = grads64[name].grad.numpy()
+    got = np.asarray(grads[key_map[name]], np.float64)
+    if want.ndim == 2:
+      got = got.T
+    got = got.reshape(want.shape)
+    if name in ZERO_GRADIENT:
+      # Mathematically zero: every side must be rounding noise.
+      assert max(np.abs(want32).max(), np.abs(got).max()) <= 1e-6, name
+      assert np.abs(want).max() <= 1e-12, name
+      continue
+    scale = np.abs(want).max()
+    assert scale > 1e-5, name
+    rel = np.abs(got - want).max() / scale
+    torch_rel = np.abs(want32 - want).max() / scale
+    assert rel <= max(1e-4, 4 * torch_rel), (
+        f'{name}: relative error {rel:.2e} (PyTorch float32: {torch_rel:.2e})')
 
 
-def test_remat_changes_nothing_but_memory(x64):
-  """`model.remat` recomputes activations: the same logits and gradients to float64 rounding."""
-  cfg = dict(TINY, depth=2)
-  net = model_lib.build_model(cfg).clone(head_dropout_rate=0.0, dtype=jnp.float64)
-  net_remat = model_lib.build_model(dict(cfg, remat=True)).clone(head_dropout_rate=0.0,
-                                                                 dtype=jnp.float64)
-  variables = jax.tree.map(lambda v: jnp.asarray(v, jnp.float64),
-                           model_lib.init_variables(net, jax.random.PRNGKey(0), 96))
-  pts = random_clouds(4, 96, 7)
+@pytest.mark.parametrize('overrides', [{'remat_policy': 'matmuls'}, {'remat_policy': 'inputs'},
+                                       {'remat': True}])
+def test_remat_changes_nothing_but_memory(overrides):
+  """Recomputing block activations (`model.remat_policy`, `model.remat`) changes no value:
+  logits and gradients equal those of `remat_policy='all'`, with dropout and stochastic depth on
+  (the recomputation must draw the forward pass's masks: a different mask would change the
+  gradients by O(1)). Tolerance: recomputation may fuse differently, and the head's training-mode
+  BatchNorm over 4 samples amplifies float32 rounding, so 1e-4 of the largest gradient entry."""
+  cfg = dict(TINY, depth=2, drop_path_rate=0.2, drop_adapter_rate=0.3)
+  net = model_lib.build_model(dict(cfg, remat_policy='all')).clone(head_dropout_rate=0.0)
+  net_remat = model_lib.build_model(dict(cfg, **overrides)).clone(head_dropout_rate=0.0)
+  variables = model_lib.init_variables(net, jax.random.PRNGKey(0), 96)
+  flat = partition.flatten(variables['params'])
+  rng = np.random.default_rng(0)
+  for path in flat:
+    if 'up_proj' in path:  # zero at init: make the adapters do something
+      flat[path] = rng.normal(0.0, 0.05, flat[path].shape).astype(np.float32)
+  params = partition.unflatten(flat)
+  pts = random_clouds(8, 96, 7)
+  weights = rng.normal(size=(8, TINY['num_classes'])).astype(np.float32)
 
   def loss(net, params):
     out, _ = net.apply({'params': params, 'batch_stats': variables['batch_stats']}, pts,
-                       train=True, mutable=['batch_stats'])
-    return out.sum() ** 2
+                       train=True, mutable=['batch_stats'], rngs={'dropout': jax.random.PRNGKey(1)})
+    return jnp.sum(out * weights), out
 
-  g = jax.tree.leaves(jax.grad(lambda p: loss(net, p))(variables['params']))
-  g_remat = jax.tree.leaves(jax.grad(lambda p: loss(net_remat, p))(variables['params']))
-  # Relative to the largest gradient entry: some tensors' gradients are exactly zero at init
-  # (the adapter's down projection, behind a zero up projection).
-  scale = max(np.abs(np.asarray(a)).max() for a in g)
-  for a, b in zip(g, g_remat):
-    assert np.abs(np.asarray(a) - np.asarray(b)).max() <= F64_RTOL * scale
+  (_, out), g = jax.value_and_grad(lambda p: loss(net, p), has_aux=True)(params)
+  (_, out_remat), g_remat = jax.value_and_grad(lambda p: loss(net_remat, p), has_aux=True)(params)
+  np.testing.assert_allclose(np.asarray(out_remat), np.asarray(out), atol=1e-4 * np.abs(out).max())
+  assert jax.tree.structure(g) == jax.tree.structure(g_remat)
+  scale = max(np.abs(a).max() for a in jax.tree.leaves(g))
+  for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_remat)):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-4 * scale, rtol=0)
+
+
+def test_unknown_remat_policy_is_a_config_error():
+  with pytest.raises(model_lib.ModelConfigError, match='remat_policy'):
+    model_lib.build_model(dict(TINY, remat_policy='dots'))

@@ -6,6 +6,7 @@ DIR/bench.json (every record) and DIR/bench.md (the tables). See docs/benchmarks
   --quick       batch 8, 1 warm-up + 4 timed steps, a reduced scaling set: < 10 min on 2 CPU cores
   --loader      the input pipeline alone instead (python -m dapt_jax.bench.loader; loader.md)
   (default)     batch 32 then doubling up to --max-batch while it fits, 3 warm-up + 20 timed steps
+  --profile     also a jax.profiler trace of the DAPT step (DIR/profile) and its per-op time table
 """
 from __future__ import annotations
 
@@ -83,6 +84,14 @@ def _parse(argv):
                  help='JSON object of model config overrides, e.g. \'{"depth": 2}\' (smoke runs)')
   p.add_argument('--loader', action='store_true',
                  help='measure the input pipeline alone (dapt_jax.bench.loader) instead')
+  p.add_argument('--profile', action='store_true',
+                 help='also write a jax.profiler trace of the DAPT step to OUT/profile and a '
+                      'per-op time table (bench.md)')
+  p.add_argument('--no-compile-cache', action='store_true',
+                 help='skip the first-against-second start check of the compilation cache')
+  p.add_argument('--policies', default='all',
+                 help="comma list of model.remat_policy values to measure the DAPT step with "
+                      "besides the default ('' for none)")
   p.add_argument('--one', default=None, help=argparse.SUPPRESS)  # child: one JSON spec
   # Training memory against batch size for the PEFT methods (dapt_jax/bench/memory_sweep.py).
   p.add_argument('--memory-sweep', action='store_true',
@@ -140,7 +149,11 @@ def main(argv=None) -> None:
       batches=[int(b) for b in args.batches.split(',')] if args.batches else None,
       max_batch=args.max_batch, scaling=not args.no_scaling, bf16=not args.no_bf16,
       warmup=args.warmup, steps=args.steps, parallel=args.parallel,
-      model=json.loads(args.model) if args.model else None)
+      model=json.loads(args.model) if args.model else None,
+      cache_dir=(None if args.no_compile_cache
+                 else os.path.abspath(os.path.join(args.out, 'compile_cache'))),
+      profile_dir=os.path.abspath(os.path.join(args.out, 'profile')) if args.profile else None,
+      policies=tuple(p for p in args.policies.split(',') if p))
   os.makedirs(args.out, exist_ok=True)
   start = time.perf_counter()
   records = runner.run(plan, log=lambda s: print(s, flush=True))

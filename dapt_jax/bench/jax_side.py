@@ -1,5 +1,6 @@
 """One measurement with dapt_jax's real steps (`dapt_jax.steps.make_steps`): compile time, the
-median train / eval step, peak memory, and FPS + kNN alone."""
+median train / eval step, peak memory, XLA's own analysis of the compiled step (memory plan, FLOPs,
+bytes, loops), FPS + kNN alone, and optionally a profiler trace."""
 from __future__ import annotations
 
 import statistics
@@ -75,6 +76,73 @@ def build_config(spec: dict):
   return cfg
 
 
+def resident_bytes(tree) -> int:
+  """Bytes the arrays of `tree` hold on the devices (every addressable shard counted)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  total = 0
+  for leaf in jax.tree.leaves(tree):
+    shards = getattr(leaf, 'addressable_shards', None)
+    total += sum(s.data.nbytes for s in shards) if shards else getattr(leaf, 'nbytes', 0)
+  return int(total)
+
+
+def compiled_stats(compiled, batch: int) -> dict:
+  """What XLA says about a compiled step: its static memory plan, its FLOP and byte counts, its
+  matmul FLOPs by part of the model, and its sequential loops (see hlo_stats.py)."""
+  from dapt_jax.bench import hlo_stats  # pylint: disable=g-import-not-at-top
+  out: dict[str, Any] = {'hlo_batch': batch}
+  try:
+    ma = compiled.memory_analysis()
+    out.update(xla_argument_bytes=int(ma.argument_size_in_bytes),
+               xla_temp_bytes=int(ma.temp_size_in_bytes),
+               xla_peak_bytes=int(ma.argument_size_in_bytes + ma.output_size_in_bytes
+                                  - ma.alias_size_in_bytes + ma.temp_size_in_bytes))
+  except Exception:  # pylint: disable=broad-except  (a backend without the analysis)
+    pass
+  try:
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    out.update(flops_per_step=float(cost.get('flops', 0.0)),
+               bytes_accessed_per_step=float(cost.get('bytes accessed', 0.0)),
+               transcendentals_per_step=float(cost.get('transcendentals', 0.0)))
+  except Exception:  # pylint: disable=broad-except
+    pass
+  hlo = compiled.as_text()
+  dots = hlo_stats.dot_flops(hlo)
+  out.update(dot_flops_per_step=float(sum(d['flops'] for d in dots)),
+             dot_bytes_per_step=float(sum(d['bytes'] for d in dots)),
+             dot_groups={k: v['flops'] for k, v in hlo_stats.group_dots(dots).items()},
+             entry_kernels=hlo_stats.entry_kernels(hlo), **hlo_stats.loop_summary(hlo))
+  return out
+
+
+def _count_files(folder: str | None) -> int | None:
+  import os  # pylint: disable=g-import-not-at-top
+  if not folder:
+    return None
+  path = os.path.expanduser(folder)
+  return sum(len(files) for _, _, files in os.walk(path)) if os.path.isdir(path) else 0
+
+
+def _profile(one_step: Callable[[], Any], hlo_text: str, trace_dir: str, steps: int) -> dict:
+  """A jax.profiler trace of `steps` train steps in `trace_dir`, and its per-op table."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from dapt_jax.bench import profile  # pylint: disable=g-import-not-at-top
+  jax.profiler.start_trace(trace_dir)
+  try:
+    for i in range(steps):
+      with jax.profiler.StepTraceAnnotation('train', step_num=i):
+        jax.block_until_ready(one_step())
+  finally:
+    jax.profiler.stop_trace()
+  xplane = profile.latest_xplane(trace_dir)
+  if xplane is None:
+    return {'trace_dir': trace_dir, 'error': 'the profiler wrote no trace'}
+  table = profile.op_table(xplane, hlo_text, steps)
+  return {'trace_dir': trace_dir, 'xplane': xplane, 'steps': steps, 'source': table['source'],
+          'total_ms': table['total_ms'], 'groups': table['groups'], 'ops': table['ops'][:40]}
+
+
 def device_peak_bytes() -> int | None:
   """The allocator's peak over the local devices (GPU / TPU); None where it keeps no statistics."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -98,6 +166,9 @@ def measure(spec: dict) -> dict:
   from dapt_jax.data import augment  # pylint: disable=g-import-not-at-top
 
   baseline = memory.peak_rss_bytes()
+  if spec['compile_cache_dir']:
+    from dapt_jax import compile_cache  # pylint: disable=g-import-not-at-top
+    compile_cache.enable(spec['compile_cache_dir'], min_compile_seconds=0.0)
   dev = jax.devices()[0]
   rec: dict[str, Any] = {
       'framework': 'jax', 'version': jax.__version__, 'platform': dev.platform,
@@ -122,11 +193,22 @@ def measure(spec: dict) -> dict:
   batch = parallel.put_batch(host_batch)
 
   if spec['train']:
+    cache_files = _count_files(spec['compile_cache_dir'])
     t = time.perf_counter()
-    compiled = train_step.lower(state, batch).compile()
-    rec['compile_s'] = time.perf_counter() - t
-    # XLA's compiler can use more host memory than the step; measure the step on its own.
+    lowered = train_step.lower(state, batch)
+    rec['lower_s'] = time.perf_counter() - t
+    compiled = lowered.compile()
+    rec['compile_s'] = time.perf_counter() - t  # tracing + lowering + XLA's compilation
+    if spec['compile_cache_dir']:
+      rec.update(cache_files_before=cache_files,
+                 cache_files_after=_count_files(spec['compile_cache_dir']))
     rec['compile_peak_rss_bytes'] = memory.peak_rss_bytes()
+    rec.update(compiled_stats(compiled, b))
+    rec['state_bytes'] = resident_bytes((state, batch))
+    # XLA's compiler can use more host memory than the step; measure the step on its own:
+    # give the compiler's freed heap back to the kernel, then reset the peak mark.
+    memory.release_free_heap()
+    rss_before = memory.current_rss_bytes()
     rec['peak_reset_after_compile'] = memory.reset_peak_rss()
     holder = {'state': state}
 
@@ -135,17 +217,28 @@ def measure(spec: dict) -> dict:
       return holder['state'], holder['metrics']
 
     step_s, times = _median_time(one_step, spec['warmup'], spec['steps'])
-    state = holder['state']
     rec.update(step_s=step_s, step_times_s=times, samples_per_s=b / step_s,
                loss_finite=bool(jnp.isfinite(jnp.ravel(holder['metrics']['loss'])[0])))
-  # Peak memory of training, read before evaluation and the extra timings run.
-  device_peak = device_peak_bytes()
-  if device_peak is not None:
-    rec.update(peak_bytes=device_peak, peak_source='device peak_bytes_in_use')
-  else:
-    peak = memory.peak_rss_since_reset_bytes()
-    rec.update(peak_bytes=peak, peak_source='process peak RSS',
-               peak_net_bytes=peak - baseline)
+    # Peak memory of training, read before evaluation and the extra timings run.
+    device_peak = device_peak_bytes()
+    if device_peak is not None:
+      rec.update(peak_bytes=device_peak, peak_source='device peak_bytes_in_use')
+    else:
+      peak = memory.peak_rss_since_reset_bytes()
+      rec.update(peak_bytes=peak, peak_source='process peak RSS',
+                 rss_net_of_imports_bytes=peak - baseline)
+      if rec['peak_reset_after_compile'] and rss_before is not None:
+        # The training working set: the resident state and batch, plus how far the process grew
+        # above its size just before the first step (activations, gradients, XLA's temporaries,
+        # the runtime's own allocations). The compiled program's code is not in it.
+        rec.update(rss_rise_bytes=peak - rss_before,
+                   peak_net_bytes=peak - rss_before + rec['state_bytes'])
+      else:  # the compiler's memory cannot be told apart: the cumulative measure
+        rec['peak_net_bytes'] = peak - baseline
+    if spec['profile_dir']:
+      rec['profile'] = _profile(one_step, compiled.as_text(), spec['profile_dir'],
+                                min(3, spec['steps']))
+    state = holder['state']
 
   if spec['eval']:
     t = time.perf_counter()
@@ -157,8 +250,10 @@ def measure(spec: dict) -> dict:
   if spec['grouping']:
     points = jnp.asarray(host_batch['points'])
     g, k = cfg.model.num_group, cfg.model.group_size
-    group = jax.jit(lambda p: tokenizer.group_points(p, g, k))
-    view = jax.jit(lambda key, p: augment.train_view(key, p, n, cfg.data.point_all))
+    impl = cfg.model.fps_impl
+    group = jax.jit(lambda p: tokenizer.group_points(p, g, k, impl))
+    view = jax.jit(lambda key, p: augment.train_view(key, p, n, cfg.data.point_all,
+                                                     fps_impl=impl))
     reps = max(3, spec['steps'] // 2)
     rec['group_s'], _ = _median_time(lambda: group(points), 1, reps)
     rec['train_view_s'], _ = _median_time(lambda: view(jax.random.PRNGKey(0), points), 1, reps)

@@ -1,6 +1,8 @@
 """Process memory: peak RSS (cumulative over the process, hence one configuration per child)."""
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import resource
 import sys
@@ -51,3 +53,24 @@ def peak_rss_since_reset_bytes() -> int:
   """VmHWM (peak RSS since the last reset) where the kernel reports it; else ru_maxrss."""
   kib = _status_kib('VmHWM')
   return kib * 1024 if kib is not None else peak_rss_bytes()
+
+
+def release_free_heap() -> bool:
+  """Returns the C heap's free pages to the kernel (glibc `malloc_trim(0)`); False elsewhere.
+
+  XLA's compiler frees about a gigabyte of host memory after compiling the full-size step, but
+  glibc keeps it mapped: without this, that compiler memory is counted in the RSS of every
+  training step that follows (it was, in the first benchmark's JAX figures).
+  """
+  name = ctypes.util.find_library('c')
+  if not name:
+    return False
+  try:
+    return bool(ctypes.CDLL(name).malloc_trim(0) or True)
+  except (OSError, AttributeError):
+    return False
+
+
+def current_rss_bytes() -> int | None:
+  kib = _status_kib('VmRSS')
+  return kib * 1024 if kib is not None else None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -26,7 +27,11 @@ RECORD_FIELDS = ('framework', 'mode', 'batch', 'num_points', 'num_group', 'group
                  'step_s', 'samples_per_s', 'peak_bytes', 'peak_source', 'baseline_rss_bytes',
                  'peak_net_bytes', 'eval_step_s', 'eval_samples_per_s', 'group_s', 'group_share',
                  'train_view_s', 'train_view_share', 'trainable_params', 'total_params',
-                 'wall_s', 'error')
+                 'wall_s', 'error', 'role')
+
+# What a record is for (`role`): the tables' measurements, the two starts of the compile-cache
+# check, and the profiled run.
+ROLES = ('main', 'cache_first', 'cache_second', 'profile', 'policy_all', 'policy_inputs')
 
 
 def _is_oom(text: str) -> bool:
@@ -74,7 +79,9 @@ def run_child(spec: dict, timeout_s: Optional[float] = None) -> dict:
     err = err.decode() if isinstance(err, bytes) else err
   for line in reversed(out.splitlines()):
     if line.startswith(RECORD_PREFIX):
-      return json.loads(line[len(RECORD_PREFIX):])
+      rec = json.loads(line[len(RECORD_PREFIX):])
+      rec['process_wall_s'] = time.perf_counter() - t  # the whole child: start to exit
+      return rec
   rec = {f: None for f in RECORD_FIELDS}
   rec.update({k: spec[k] for k in ('framework', 'mode', 'batch', 'num_points', 'num_group',
                                    'group_size', 'dtype', 'warmup', 'steps')})
@@ -91,7 +98,9 @@ class Plan:
   def __init__(self, quick: bool, frameworks, modes, batches: Optional[list[int]],
                max_batch: int, scaling: bool, bf16: bool, warmup: Optional[int],
                steps: Optional[int], model: Optional[dict] = None,
-               config_budget_s: Optional[float] = None, parallel: str = 'shard_map'):
+               config_budget_s: Optional[float] = None, parallel: str = 'shard_map',
+               cache_dir: Optional[str] = None, profile_dir: Optional[str] = None,
+               policies: tuple[str, ...] = ('all',)):
     self.quick = quick
     self.frameworks = list(frameworks)
     self.modes = list(modes)
@@ -105,6 +114,13 @@ class Plan:
     self.bf16 = bf16
     self.model = model or {}
     self.parallel = parallel
+    # First against second start with the persistent compilation cache (None: not checked).
+    self.cache_dir = cache_dir
+    # A profiler trace of the DAPT step (None: not taken).
+    self.profile_dir = profile_dir
+    # The DAPT step again with these model.remat_policy values ('all': no recomputation), to
+    # show what the default 'matmuls' policy costs in time and saves in memory.
+    self.policies = tuple(policies)
     # A configuration predicted to take longer than this is not started (batch search).
     self.config_budget_s = config_budget_s or (300.0 if quick else 1800.0)
     if quick:
@@ -139,10 +155,11 @@ def run(plan: Plan, log: Callable[[str], None] = print,
   records: list[dict] = []
   mem_limit = int(0.8 * memory.available_bytes())
 
-  def go(spec):
+  def go(spec, role='main'):
     log(f'[bench] {spec["framework"]:5s} {spec["mode"]:6s} batch={spec["batch"]:<4d} '
         f'N={spec["num_points"]} G={spec["num_group"] or "cfg"} {spec["dtype"]} ...')
     rec = child(spec)
+    rec['role'] = role
     records.append(rec)
     if rec['status'] == 'ok' and rec.get('step_s'):
       log(f'        {rec["samples_per_s"]:.2f} samples/s, step {rec["step_s"]*1e3:.0f} ms, '
@@ -178,4 +195,19 @@ def run(plan: Plan, log: Callable[[str], None] = print,
     for n, g in plan.scaling_points:
       go(plan.spec(framework='jax', mode='dapt', batch=plan.scaling_batch, num_points=n,
                    num_group=g, grouping=True))
+  if 'jax' in frameworks:
+    for policy in plan.policies:
+      go(plan.spec(framework='jax', mode='dapt', batch=plan.batches[0],
+                   model={**plan.model, 'remat_policy': policy}), f'policy_{policy}')
+
+  if plan.cache_dir and 'jax' in frameworks:
+    # Two fresh processes compile the same DAPT step; the second finds the first's executables.
+    shutil.rmtree(plan.cache_dir, ignore_errors=True)
+    for role in ('cache_first', 'cache_second'):
+      go(plan.spec(framework='jax', mode='dapt', batch=plan.batches[0], warmup=0, steps=1,
+                   compile_cache_dir=plan.cache_dir), role)
+
+  if plan.profile_dir and 'jax' in frameworks:
+    go(plan.spec(framework='jax', mode='dapt', batch=plan.batches[0], warmup=1,
+                 steps=max(3, min(plan.steps, 5)), profile_dir=plan.profile_dir), 'profile')
   return records

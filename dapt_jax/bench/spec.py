@@ -23,6 +23,8 @@ DEFAULTS: dict[str, Any] = {
     'model': {},             # overrides of the config's model fields (tests: a tiny model)
     'parallel': 'shard_map',  # dapt_jax.steps.DataParallel mode: 'shard_map' or 'pmap'
     'seed': 0,
+    'compile_cache_dir': None,  # JAX: turn the persistent compilation cache on in this folder
+    'profile_dir': None,     # JAX: write a jax.profiler trace of a few train steps here
 }
 
 

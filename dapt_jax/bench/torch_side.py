@@ -137,6 +137,13 @@ def measure(spec: dict) -> dict:
       times.append(time.perf_counter() - t)
     return statistics.median(times), times
 
+  # The resident state before the first step: parameters, buffers and the input batch (AdamW's
+  # moments are created by the first step, so they are in the rise measured below).
+  rec['state_bytes'] = int(sum(t.numel() * t.element_size()
+                               for t in [*model.parameters(), *model.buffers(), pts, label]))
+  memory.release_free_heap()
+  rss_before = memory.current_rss_bytes()
+  rec['peak_reset_before_steps'] = memory.reset_peak_rss()
   try:
     if spec['train']:
       if cuda:
@@ -150,7 +157,14 @@ def measure(spec: dict) -> dict:
                  peak_source='torch.cuda.max_memory_allocated')
     else:
       peak = memory.peak_rss_since_reset_bytes()
-      rec.update(peak_bytes=peak, peak_source='process peak RSS', peak_net_bytes=peak - baseline)
+      rec.update(peak_bytes=peak, peak_source='process peak RSS',
+                 rss_net_of_imports_bytes=peak - baseline)
+      if rec['peak_reset_before_steps'] and rss_before is not None:
+        # As on the JAX side: resident state + how far the process grew during the steps.
+        rec.update(rss_rise_bytes=peak - rss_before,
+                   peak_net_bytes=peak - rss_before + rec['state_bytes'])
+      else:
+        rec['peak_net_bytes'] = peak - baseline
 
     if spec['eval']:
       model.eval()

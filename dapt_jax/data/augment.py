@@ -13,7 +13,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from dapt_jax.tokenizer import farthest_point_sample
+from dapt_jax.tokenizer import fps
 from dapt_jax.tokenizer import gather_points
 
 Array = jax.Array
@@ -37,12 +37,13 @@ def scale_translate(key: Array, points: Array) -> Array:
   return points * scale + shift
 
 
-def _fps_pool(points: Array, point_all: int, skip_full_fps: bool) -> Array:
+def _fps_pool(points: Array, point_all: int, skip_full_fps: bool, fps_impl: str = 'xla'
+              ) -> Array:
   """[B, P, 3] → [B, min(point_all, P), 3], the FPS pool the random subsets are drawn from."""
   m = min(int(point_all), points.shape[1])
   if skip_full_fps and m == points.shape[1]:
     return points  # FPS of every point is a reordering; the subset below reorders anyway
-  return gather_points(points, farthest_point_sample(points, m))
+  return gather_points(points, fps(points, m, fps_impl))
 
 
 def _random_subset(key: Array, pool: Array, num_points: int) -> Array:
@@ -55,7 +56,7 @@ def _random_subset(key: Array, pool: Array, num_points: int) -> Array:
 
 
 def train_view(key: Array, points: Array, num_points: int, point_all: int,
-               skip_full_fps: bool = False) -> Array:
+               skip_full_fps: bool = False, fps_impl: str = 'xla') -> Array:
   """The training input of SPEC §4.
 
   Args:
@@ -66,30 +67,31 @@ def train_view(key: Array, points: Array, num_points: int, point_all: int,
     skip_full_fps: when point_all ≥ P the FPS keeps every point (bar the kernel's near-origin
       rule) and only reorders them; True skips that FPS to save its sequential loop. False (default)
       reproduces the release exactly.
+    fps_impl: 'xla' or 'pallas' (`tokenizer.fps`; the same indices).
 
   Returns:
     [B, N, 3] float32.
   """
   k_subset, k_aug = jax.random.split(key)
-  pool = _fps_pool(_as_float(points), point_all, skip_full_fps)
+  pool = _fps_pool(_as_float(points), point_all, skip_full_fps, fps_impl)
   return scale_translate(k_aug, _random_subset(k_subset, pool, num_points))
 
 
-def eval_view(points: Array, num_points: int) -> Array:
+def eval_view(points: Array, num_points: int, fps_impl: str = 'xla') -> Array:
   """points: [B, P, 3] → [B, num_points, 3] by FPS (deterministic); requires num_points ≤ P."""
   if num_points > points.shape[1]:
     raise ValueError(f'eval_view: {num_points} points requested from clouds of {points.shape[1]}')
   points = _as_float(points)
-  return gather_points(points, farthest_point_sample(points, num_points))
+  return gather_points(points, fps(points, num_points, fps_impl))
 
 
 def vote_views(key: Array, points: Array, num_points: int, point_all: int, num_votes: int,
-               skip_full_fps: bool = False) -> Array:
+               skip_full_fps: bool = False, fps_impl: str = 'xla') -> Array:
   """`num_votes` training-style views per cloud (voting): [B, P, 3] → [V, B, N, 3].
 
   The FPS pool is computed once and shared; every view draws its own subset, scale and shift.
   """
-  pool = _fps_pool(_as_float(points), point_all, skip_full_fps)
+  pool = _fps_pool(_as_float(points), point_all, skip_full_fps, fps_impl)
 
   def one(k):
     k_subset, k_aug = jax.random.split(k)
@@ -99,14 +101,14 @@ def vote_views(key: Array, points: Array, num_points: int, point_all: int, num_v
 
 
 def train_views_per_sample(keys: Array, points: Array, num_points: int, point_all: int,
-                           skip_full_fps: bool = False) -> Array:
+                           skip_full_fps: bool = False, fps_impl: str = 'xla') -> Array:
   """`train_view` with one key per cloud: keys [B] (e.g. folded from each sample's global index,
   so the result does not depend on how a batch is split over devices). FPS runs batched once;
   only the random subset and scale/translate are per cloud.
 
   points: [B, P, 3] → [B, num_points, 3].
   """
-  pool = _fps_pool(_as_float(points), point_all, skip_full_fps)
+  pool = _fps_pool(_as_float(points), point_all, skip_full_fps, fps_impl)
 
   def one(key, cloud):
     k_subset, k_aug = jax.random.split(key)
@@ -116,9 +118,10 @@ def train_views_per_sample(keys: Array, points: Array, num_points: int, point_al
 
 
 def vote_views_per_sample(keys: Array, points: Array, num_points: int, point_all: int,
-                          num_votes: int, skip_full_fps: bool = False) -> Array:
+                          num_votes: int, skip_full_fps: bool = False, fps_impl: str = 'xla'
+                          ) -> Array:
   """`vote_views` with one key per cloud: keys [B], points [B, P, 3] → [V, B, num_points, 3]."""
-  pool = _fps_pool(_as_float(points), point_all, skip_full_fps)
+  pool = _fps_pool(_as_float(points), point_all, skip_full_fps, fps_impl)
 
   def one(key, cloud):
     def view(k):

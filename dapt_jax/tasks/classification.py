@@ -31,13 +31,14 @@ class Views:
   votes: int = 1
   skip_full_fps: bool = False
   augment: bool = True  # False: train on the evaluation view (config.data.augment)
+  fps_impl: str = 'xla'  # model.fps_impl: 'xla' or 'pallas' (the same indices)
 
   def train(self, key: jax.Array, points: jax.Array) -> jax.Array:
     if not self.augment:
-      return augment.eval_view(points, self.num_points)
+      return augment.eval_view(points, self.num_points, self.fps_impl)
     keys = sample_keys(key, points.shape[0])
     return augment.train_views_per_sample(keys, points, self.num_points, self.point_all,
-                                          self.skip_full_fps)
+                                          self.skip_full_fps, self.fps_impl)
 
 
 def classification_loss(net: Any, variables: dict, batch: dict, key: jax.Array, views: Views
@@ -62,10 +63,10 @@ def classification_logits(net: Any, variables: dict, points: jax.Array, views: V
   averaged."""
   apply = lambda pts: net.apply(variables, pts, train=False)
   if views.votes <= 1:
-    return apply(augment.eval_view(points, views.num_points))
+    return apply(augment.eval_view(points, views.num_points, views.fps_impl))
   keys = sample_keys(jax.random.PRNGKey(0), points.shape[0])
   stacked = augment.vote_views_per_sample(keys, points, views.num_points, views.point_all,
-                                          views.votes)
+                                          views.votes, fps_impl=views.fps_impl)
   return jnp.mean(jax.lax.map(apply, stacked), axis=0)
 
 
@@ -83,7 +84,8 @@ class ClassificationTask(base.Task):
       dc = config.data
       views = Views(int(dc.num_points), int(dc.point_all),
                     int(config.eval.votes if votes is None else votes),
-                    bool(dc.get('skip_full_fps', False)), bool(dc.get('augment', True)))
+                    bool(dc.get('skip_full_fps', False)), bool(dc.get('augment', True)),
+                    str(config.model.get('fps_impl', 'xla')))
     self.views = views
 
   def build_model(self, axis_name=None):
