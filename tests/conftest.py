@@ -15,3 +15,31 @@ if str(ROOT) not in sys.path:
 
 # Real sample data lives beside the checkout; tests that need it skip when it is absent.
 SHARED_DATA = ROOT.parent / 'shared' / 'data'
+
+
+# The modules with the longest tests (end-to-end runs, two processes, 8-device pmap: 30–140 s
+# each on 2 cores) go first, so that `pytest -n 2` does not end with one worker running a long
+# test while the other idles. Whole modules move (their module-scoped fixtures are set up once);
+# only the order changes, every test still runs.
+_LONG_FIRST = (
+    'tests/test_train.py',
+    'tests/test_multiprocess.py',
+    'tests/test_pretrain.py',
+    'tests/test_data_folder.py',
+    'tests/test_sweep.py',
+    'tests/test_cli_errors.py',
+    'tests/test_trajectory.py',
+    'tests/test_peft_train.py',
+    'tests/test_predict.py',
+    'tests/test_segmentation_task.py',
+    'tests/test_peft_sweep.py',
+    'tests/test_pretrain_shapenet55.py',
+    'tests/test_fewshot.py',
+)
+
+
+def pytest_collection_modifyitems(items):
+  def rank(item):
+    module = item.nodeid.split('::')[0]
+    return _LONG_FIRST.index(module) if module in _LONG_FIRST else len(_LONG_FIRST)
+  items.sort(key=rank)  # stable: file order within each module and among the rest

@@ -296,17 +296,23 @@ def test_gradients_of_trainable_parameters_match_reference(x64):
         f'{name}: relative error {rel:.2e} (PyTorch float32: {torch_rel:.2e})')
 
 
-@pytest.mark.parametrize('overrides', [{'remat_policy': 'matmuls'}, {'remat_policy': 'inputs'},
-                                       {'remat': True}])
-def test_remat_changes_nothing_but_memory(overrides):
-  """Recomputing block activations (`model.remat_policy`, `model.remat`) changes no value:
-  logits and gradients equal those of `remat_policy='all'`, with dropout and stochastic depth on
-  (the recomputation must draw the forward pass's masks: a different mask would change the
-  gradients by O(1)). Tolerance: recomputation may fuse differently, and the head's training-mode
-  BatchNorm over 4 samples amplifies float32 rounding, so 1e-4 of the largest gradient entry."""
-  cfg = dict(TINY, depth=2, drop_path_rate=0.2, drop_adapter_rate=0.3)
-  net = model_lib.build_model(dict(cfg, remat_policy='all')).clone(head_dropout_rate=0.0)
-  net_remat = model_lib.build_model(dict(cfg, **overrides)).clone(head_dropout_rate=0.0)
+REMAT_CFG = dict(TINY, depth=2, drop_path_rate=0.2, drop_adapter_rate=0.3)
+
+
+def _remat_loss_and_grads(net, params, batch_stats, pts, weights):
+  def loss(p):
+    out, _ = net.apply({'params': p, 'batch_stats': batch_stats}, pts, train=True,
+                       mutable=['batch_stats'], rngs={'dropout': jax.random.PRNGKey(1)})
+    return jnp.sum(out * weights), out
+  # Jitted: op-by-op dispatch of the whole model is far slower than compiling it once.
+  (_, out), g = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+  return out, g
+
+
+@pytest.fixture(scope='module')
+def no_remat_reference():
+  """Inputs, logits and gradients of `remat_policy='all'` (nothing recomputed), computed once."""
+  net = model_lib.build_model(dict(REMAT_CFG, remat_policy='all')).clone(head_dropout_rate=0.0)
   variables = model_lib.init_variables(net, jax.random.PRNGKey(0), 96)
   flat = partition.flatten(variables['params'])
   rng = np.random.default_rng(0)
@@ -316,14 +322,21 @@ def test_remat_changes_nothing_but_memory(overrides):
   params = partition.unflatten(flat)
   pts = random_clouds(8, 96, 7)
   weights = rng.normal(size=(8, TINY['num_classes'])).astype(np.float32)
+  inputs = (params, variables['batch_stats'], pts, weights)
+  return inputs, _remat_loss_and_grads(net, *inputs)
 
-  def loss(net, params):
-    out, _ = net.apply({'params': params, 'batch_stats': variables['batch_stats']}, pts,
-                       train=True, mutable=['batch_stats'], rngs={'dropout': jax.random.PRNGKey(1)})
-    return jnp.sum(out * weights), out
 
-  (_, out), g = jax.value_and_grad(lambda p: loss(net, p), has_aux=True)(params)
-  (_, out_remat), g_remat = jax.value_and_grad(lambda p: loss(net_remat, p), has_aux=True)(params)
+@pytest.mark.parametrize('overrides', [{'remat_policy': 'matmuls'}, {'remat_policy': 'inputs'},
+                                       {'remat': True}])
+def test_remat_changes_nothing_but_memory(overrides, no_remat_reference):
+  """Recomputing block activations (`model.remat_policy`, `model.remat`) changes no value:
+  logits and gradients equal those of `remat_policy='all'`, with dropout and stochastic depth on
+  (the recomputation must draw the forward pass's masks: a different mask would change the
+  gradients by O(1)). Tolerance: recomputation may fuse differently, and the head's training-mode
+  BatchNorm over 4 samples amplifies float32 rounding, so 1e-4 of the largest gradient entry."""
+  inputs, (out, g) = no_remat_reference
+  net_remat = model_lib.build_model(dict(REMAT_CFG, **overrides)).clone(head_dropout_rate=0.0)
+  out_remat, g_remat = _remat_loss_and_grads(net_remat, *inputs)
   np.testing.assert_allclose(np.asarray(out_remat), np.asarray(out), atol=1e-4 * np.abs(out).max())
   assert jax.tree.structure(g) == jax.tree.structure(g_remat)
   scale = max(np.abs(a).max() for a in jax.tree.leaves(g))

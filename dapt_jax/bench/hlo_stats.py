@@ -128,6 +128,8 @@ def source_label(op_name: str) -> str:
     if not p or p.startswith(('jit(', 'jvp(', 'transpose(', 'vmap(', 'pjit(', 'checkpoint',
                                'rematted_computation', 'shard_map', 'DAPTClassifier')):
       continue
+    if re.match(r'blocks_\d+\.', p):  # Flax's lifted-transform frames (remat, custom VJP)
+      continue
     parts.append(re.sub(r'blocks_\d+', 'blocks_*', p))
   label = '/'.join(parts) or '(other)'
   return label + (' [bwd]' if backward else '')
