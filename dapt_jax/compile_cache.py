@@ -11,6 +11,7 @@ second start). Different machines or versions get different keys; a stale entry 
 """
 from __future__ import annotations
 
+import logging
 import os
 from typing import Optional
 
@@ -38,7 +39,10 @@ def enable(cache_dir: Optional[str] = DEFAULT_DIR,
   """
   import jax  # pylint: disable=g-import-not-at-top
   from jax.experimental.compilation_cache import compilation_cache  # pylint: disable=g-import-not-at-top
-  # JAX opens its cache at the first compilation; forget that one so the settings below apply.
+  # JAX opens its cache at the first compilation; forget that one so the settings below apply
+  # (quietly: JAX logs the reset at INFO level).
+  logging.getLogger(compilation_cache.__name__).setLevel(logging.WARNING)
+  logging.getLogger('jax._src.compilation_cache').setLevel(logging.WARNING)
   compilation_cache.reset_cache()
   if not cache_dir:
     jax.config.update('jax_enable_compilation_cache', False)

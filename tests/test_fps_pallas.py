@@ -75,3 +75,10 @@ def test_model_and_augmentation_use_the_switch():
   assert model_lib.build_model(dict(tiny, fps_impl='pallas')).fps_impl == 'pallas'
   with pytest.raises(model_lib.ModelConfigError, match='fps_impl'):
     model_lib.build_model(dict(tiny, fps_impl='cuda'))
+  # The classification task hands the config's choice to its training and evaluation views.
+  from configs import synthetic  # pylint: disable=g-import-not-at-top
+  from dapt_jax.tasks import classification  # pylint: disable=g-import-not-at-top
+  config = synthetic.get_config()
+  with config.unlocked():
+    config.model.fps_impl = 'pallas'
+  assert classification.ClassificationTask(config).views.fps_impl == 'pallas'
