@@ -397,9 +397,12 @@ def _model_shapes(config, ctx: Context) -> None:
     raise ConfigError(f'config.init_from={init_from!r}: {what} (make a converted checkpoint '
                       'with python -m convert, or give a training --workdir)')
   from dapt_jax import checkpoints  # pylint: disable=g-import-not-at-top  (orbax: slow import)
+  from dapt_jax import mae  # pylint: disable=g-import-not-at-top
   found = checkpoints.read_variable_shapes(path)
   for collection in ('params', 'batch_stats'):
     model, saved = shapes.get(collection, {}), found.get(collection, {})
+    # A pre-trained backbone's decoder side is set aside on loading (pretrained.merge_pretrained).
+    saved = {n: s for n, s in saved.items() if n in model or not mae.is_pretrain_only(n)}
     extra = sorted(set(saved) - set(model))
     if extra:
       more = f' (and {len(extra) - 1} more)' if len(extra) > 1 else ''

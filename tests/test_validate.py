@@ -123,3 +123,23 @@ def test_datasets_and_sections_can_register_their_checks(tmp_path, monkeypatch):
   (tmp_path / 'nope').mkdir()
   check(config, tmp_path)
   assert 'folders/' in checks.registered()
+
+
+DEMO_BACKBONE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                             'assets', 'pretrained', 'synthetic_small')
+
+
+@pytest.mark.parametrize('peft', ['dapt', 'linear'])
+def test_a_pretrained_backbone_with_its_decoder_is_accepted_as_init_from(peft, tmp_path):
+  """The shipped masked-autoencoder backbone carries the decoder side, which loading sets aside
+  (pretrained.merge_pretrained); validation accepts it for the demo-sized classifier of any
+  method, and still refuses it for a model of another width."""
+  config = synthetic.get_config()
+  config.unlock()
+  config.init_from = DEMO_BACKBONE
+  config.model.peft = peft
+  check(config, tmp_path)
+  config.model.update(trans_dim=32, encoder_dims=32)
+  with pytest.raises(errors.UserError, match='has shape'):
+    check(config, tmp_path)
+  assert os.listdir(tmp_path) == []
