@@ -40,3 +40,28 @@ def test_bad_methods_are_a_usage_error(tmp_path):
     bench_main.main(['--memory-sweep', '--methods=dapt,prefix', f'--out={tmp_path}'])
   with pytest.raises(bench_main.UsageError, match='only with --memory-sweep'):
     bench_main.main(['--methods=dapt', f'--out={tmp_path}'])
+
+
+def test_measure_up_to_runs_only_the_small_batches(monkeypatch):
+  """--measure-up-to B: batches above B get the estimate alone and say why in the table."""
+  calls = []
+
+  def fake_child(method, batch, model, num_points, run, timeout_s=None):
+    calls.append((batch, run))
+    return {'method': method, 'batch': batch, 'fits': True, 'estimate_bytes': batch,
+            'measured_bytes': batch if run else None}
+
+  monkeypatch.setattr(memory_sweep, 'run_child', fake_child)
+  records = memory_sweep.sweep(['dapt'], [16, 32, 64], {}, 64, log=lambda s: None,
+                               measure_up_to=32)
+  assert calls == [(16, True), (32, True), (64, False)]
+  assert 'not_run' not in records[0] and 'measure-up-to 32' in records[2]['not_run']
+  assert 'measure-up-to 32' in memory_sweep.render_markdown(records, {'devices': 'test'})
+
+
+def test_measure_up_to_needs_the_memory_sweep(tmp_path):
+  from dapt_jax.bench import __main__ as bench_main  # pylint: disable=g-import-not-at-top
+  with pytest.raises(bench_main.UsageError, match='only with --memory-sweep'):
+    bench_main.main(['--measure-up-to=32', f'--out={tmp_path}'])
+  with pytest.raises(bench_main.UsageError, match='must be >= 1'):
+    bench_main.main(['--memory-sweep', '--measure-up-to=0', f'--out={tmp_path}'])

@@ -100,6 +100,9 @@ def _parse(argv):
   p.add_argument('--methods', default=None,
                  help='--memory-sweep: comma list of PEFT methods (default: all eight)')
   p.add_argument('--points', type=int, default=2048, help='--memory-sweep: points per cloud')
+  p.add_argument('--measure-up-to', type=int, default=None,
+                 help='--memory-sweep: run the step (measure) only up to this batch; larger '
+                      "batches get XLA's compiled estimate alone (default: every batch that fits)")
   p.add_argument('--memory-one', default=None, help=argparse.SUPPRESS)  # child: one JSON spec
   args = p.parse_args(argv)
   if args.one is None and args.memory_one is None:
@@ -111,6 +114,9 @@ def _parse(argv):
         raise UsageError(f'--methods={args.methods}: ' + (
             f'{bad[0]!r} is not one of {", ".join(memory_sweep.METHODS)}' if bad
             else 'only with --memory-sweep'))
+    if args.measure_up_to is not None and (args.measure_up_to < 1 or not args.memory_sweep):
+      raise UsageError(f'--measure-up-to={args.measure_up_to}: '
+                       + ('must be >= 1' if args.memory_sweep else 'only with --memory-sweep'))
     if args.points < 32:
       raise UsageError(f'--points={args.points}: must be >= 32')
   return args
@@ -136,7 +142,7 @@ def main(argv=None) -> None:
       memory_sweep.main(args.out, (args.methods or ','.join(memory_sweep.METHODS)).split(','),
                         [int(b) for b in args.batches.split(',')] if args.batches
                         else memory_sweep.BATCHES, json.loads(args.model) if args.model else {},
-                        args.points)
+                        args.points, measure_up_to=args.measure_up_to)
     return
   if args.loader:
     from dapt_jax.bench import loader  # pylint: disable=g-import-not-at-top
