@@ -1,11 +1,13 @@
 r"""The embedded demo: a small DAPT model on the generated `synthetic_shapes` dataset.
 
-No files and no checkpoint needed; finishes in a few minutes on 2 CPU cores. The backbone is
-randomly initialised (there is no pre-trained checkpoint for this size), and only DAPT's parts
-train on top of its random features, as in the paper configs; chance is 10 %.
+No files needed; finishes in a few minutes on 2 CPU cores. Without `--config.init_from` the
+backbone is randomly initialised and only DAPT's parts train on top of its random features;
+`--config.init_from=assets/pretrained/synthetic_small` starts from the backbone this project
+pre-trained for this size (`python -m dapt_jax.demo.compare` runs both, README "Quick start").
+Chance is 10 %.
 
-There is no paper figure for it; measured: 43.4 % test accuracy after epochs 0..15 (about
-3 minutes on 2 CPU cores; docs/benchmarks.md).
+There is no paper figure for it; measured on a random backbone: 43.4 % test accuracy after
+epochs 0..15 (about 3 minutes on 2 CPU cores; docs/benchmarks.md).
 
 Command:
   python main.py --config=configs/synthetic.py --workdir=runs/synthetic
