@@ -143,3 +143,22 @@ def test_a_pretrained_backbone_with_its_decoder_is_accepted_as_init_from(peft, t
   with pytest.raises(errors.UserError, match='has shape'):
     check(config, tmp_path)
   assert os.listdir(tmp_path) == []
+
+
+def test_other_tasks_models_are_checked_by_their_own_builders(tmp_path):
+  """Pre-training and segmentation configs lack classification's fields (rank, head_tokens):
+  validation asks their own model builders, which name the offending field."""
+  from configs import pretrain_shapenet, shapenetpart  # pylint: disable=g-import-not-at-top
+  config = pretrain_shapenet.get_config('synthetic')
+  config.unlock()
+  config.data.tfds_data_dir = str(tmp_path / 'tfds')
+  check(config, tmp_path)  # point_all = 0 (unused by pre-training) is fine
+  config.model.decoder_depth = 0
+  with pytest.raises(errors.UserError, match='decoder_depth'):
+    check(config, tmp_path)
+  seg = shapenetpart.get_config('synthetic')
+  seg.unlock()
+  seg.model.num_heads = 5  # does not divide the width
+  with pytest.raises(errors.UserError, match='num_heads'):
+    check(seg, tmp_path)
+  assert os.listdir(tmp_path) == []
