@@ -60,7 +60,11 @@ def test_field_mistakes_name_the_field(field, value, fragment, tmp_path):
 
 
 def test_split_slices_are_accepted(tmp_path):
-  check(tiny(**{'data.train_split': 'train[:50%]'}), tmp_path)
+  ctx = check(tiny(**{'data.train_split': 'train[:50%]'}), tmp_path)
+  assert 'train' in ctx.data.splits and os.listdir(tmp_path) == []
+  # The split named before the slice is what is checked: a slice of a missing split is refused.
+  with pytest.raises(errors.UserError, match='has splits train, test'):
+    check(tiny(**{'data.train_split': 'validation[:50%]'}), tmp_path)
 
 
 def _h5(path, shape, labels):
