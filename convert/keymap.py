@@ -225,6 +225,32 @@ def batch_norm_counters(depth: int, method: str = 'dapt') -> list[str]:
           if row[2] == BATCH_NORM]
 
 
+def _leaf_names(variables: Mapping[str, Mapping]) -> set[str]:
+  """'collection/path' of every leaf of {'params', 'batch_stats'}."""
+  return {f'{c}/{p}' for c in ('params', 'batch_stats') for p in flatten(variables.get(c, {}))}
+
+
+def _count(have: set[str], template: str) -> int:
+  """How many consecutive indices 0, 1, ... `template.format(i)` finds in `have`."""
+  n = 0
+  while template.format(n) in have:
+    n += 1
+  return n
+
+
+def _exactly(entries: list[Entry], have: set[str], table: str) -> list[Entry]:
+  """`entries` if they name exactly the leaves in `have`; else a ValueError naming the first
+  leaf `table` does not cover, or the first entry the model lacks."""
+  extra = sorted(have - {e.name for e in entries})
+  if extra:
+    raise ValueError(f'the model has {extra[0]} which {table} does not cover'
+                     + (f' (and {len(extra) - 1} more)' if len(extra) > 1 else ''))
+  missing = [e.name for e in entries if e.name not in have]
+  if missing:
+    raise ValueError(f'the model lacks {missing[0]} which {table} expects')
+  return entries
+
+
 def entries_for_variables(variables: Mapping[str, Mapping], method: str = 'dapt') -> list[Entry]:
   """The entries of exactly the leaves of `variables` ({'params', 'batch_stats'}) of a model of
   `method` (config.model.peft).
@@ -233,20 +259,9 @@ def entries_for_variables(variables: Mapping[str, Mapping], method: str = 'dapt'
     ValueError: a leaf the naming table does not cover (a model change not mirrored here), a
       table entry the model lacks, or a method without a release layout.
   """
-  have = {f'{c}/{p}' for c in ('params', 'batch_stats') for p in flatten(variables.get(c, {}))}
-  depth = 0
-  while f'params/blocks_{depth}/norm1/scale' in have:
-    depth += 1
-  entries = all_entries(depth, method)
-  named = {e.name for e in entries}
-  extra = sorted(have - named)
-  if extra:
-    raise ValueError(f'the model has {extra[0]} which convert/keymap.py does not map'
-                     + (f' (and {len(extra) - 1} more)' if len(extra) > 1 else ''))
-  missing = [e.name for e in entries if e.name not in have]
-  if missing:
-    raise ValueError(f'the model lacks {missing[0]} which convert/keymap.py expects')
-  return entries
+  have = _leaf_names(variables)
+  depth = _count(have, 'params/blocks_{}/norm1/scale')
+  return _exactly(all_entries(depth, method), have, 'convert/keymap.py')
 
 
 _BLOCK_KEY = re.compile(r'^blocks\.blocks\.(\d+)\.')
@@ -317,23 +332,10 @@ def mae_entries_for_variables(variables: Mapping[str, Mapping]) -> list[Entry]:
   Raises:
     ValueError: a leaf the table does not cover, or a table entry the tree lacks.
   """
-  have = {f'{c}/{p}' for c in ('params', 'batch_stats') for p in flatten(variables.get(c, {}))}
-  depth = 0
-  while f'params/blocks_{depth}/norm1/scale' in have:
-    depth += 1
-  decoder_depth = 0
-  while f'params/decoder/blocks_{decoder_depth}/norm1/scale' in have:
-    decoder_depth += 1
-  entries = mae_entries(depth, decoder_depth)
-  named = {e.name for e in entries}
-  extra = sorted(have - named)
-  if extra:
-    raise ValueError(f'the model has {extra[0]} which the Point-MAE key map does not cover'
-                     + (f' (and {len(extra) - 1} more)' if len(extra) > 1 else ''))
-  missing = [e.name for e in entries if e.name not in have]
-  if missing:
-    raise ValueError(f'the model lacks {missing[0]} which the Point-MAE key map expects')
-  return entries
+  have = _leaf_names(variables)
+  depth = _count(have, 'params/blocks_{}/norm1/scale')
+  decoder_depth = _count(have, 'params/decoder/blocks_{}/norm1/scale')
+  return _exactly(mae_entries(depth, decoder_depth), have, 'the Point-MAE key map')
 
 
 # ---------------------------------------------------------------------------------------------
@@ -416,20 +418,8 @@ def seg_entries_for_variables(variables: Mapping[str, Mapping]) -> list[Entry]:
   Raises:
     ValueError: a leaf the table does not cover, or a table entry the tree lacks.
   """
-  have = {f'{c}/{p}' for c in ('params', 'batch_stats') for p in flatten(variables.get(c, {}))}
-  depth = 0
-  while f'params/blocks_{depth}/norm1/scale' in have:
-    depth += 1
-  layers = 0
-  while f'params/propagation_0/conv_{layers}/kernel' in have:
-    layers += 1
-  entries = seg_entries(depth, 'params/patch_tfts/gamma' in have, layers)
-  named = {e.name for e in entries}
-  extra = sorted(have - named)
-  if extra:
-    raise ValueError(f'the model has {extra[0]} which the segmentation key map does not cover'
-                     + (f' (and {len(extra) - 1} more)' if len(extra) > 1 else ''))
-  missing = [e.name for e in entries if e.name not in have]
-  if missing:
-    raise ValueError(f'the model lacks {missing[0]} which the segmentation key map expects')
-  return entries
+  have = _leaf_names(variables)
+  depth = _count(have, 'params/blocks_{}/norm1/scale')
+  layers = _count(have, 'params/propagation_0/conv_{}/kernel')
+  return _exactly(seg_entries(depth, 'params/patch_tfts/gamma' in have, layers), have,
+                  'the segmentation key map')
