@@ -178,6 +178,21 @@ def test_synthetic_builder_is_a_function_of_its_config(tmp_path):
   dc1.synthetic_num_classes = 1
   with pytest.raises(data.DataError, match='synthetic_num_classes'):
     data.get_source(dc1, 'train')
+  dc1.synthetic_num_classes = 12
+  dc1.synthetic_pose = 'sideways'
+  with pytest.raises(data.DataError, match='synthetic_pose'):
+    data.get_source(dc1, 'train')
+
+
+def test_synthetic_upright_pose_has_its_own_prepared_copy(tmp_path):
+  fields = dict(synthetic_num_train=20, synthetic_num_test=10, synthetic_points=32,
+                synthetic_num_classes=10, synthetic_seed=2)
+  so3, so3_info = data.get_source(_config('synthetic_shapes', '', tmp_path, **fields), 'train')
+  up, up_info = data.get_source(
+      _config('synthetic_shapes', '', tmp_path, synthetic_pose='upright', **fields), 'train')
+  assert so3_info.prepared_dir != up_info.prepared_dir
+  np.testing.assert_array_equal(_all(up)[0], synthetic.generate(20, 32, 10, 2, 0, 'upright')[0])
+  np.testing.assert_array_equal(_all(so3)[0], synthetic.generate(20, 32, 10, 2, 0)[0])
 
 
 def test_unknown_split_is_a_data_error(tmp_path):

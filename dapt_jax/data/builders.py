@@ -152,16 +152,19 @@ class SyntheticShapesConfig(tfds.core.BuilderConfig):
   num_points: int = 1024
   num_classes: int = 10
   seed: int = 0
+  pose: str = 'so3'
 
 
 def synthetic_config(num_train: int, num_test: int, num_points: int, num_classes: int,
-                     seed: int) -> SyntheticShapesConfig:
-  """A config whose name encodes every parameter, so each variant has its own prepared copy."""
+                     seed: int, pose: str = 'so3') -> SyntheticShapesConfig:
+  """A config whose name encodes every parameter, so each variant has its own prepared copy
+  (the default pose adds nothing to the name, so copies prepared before it existed still fit)."""
+  suffix = '' if pose == 'so3' else f'_{pose}'
   return SyntheticShapesConfig(
-      name=f'c{num_classes}_p{num_points}_n{num_train}-{num_test}_s{seed}',
+      name=f'c{num_classes}_p{num_points}_n{num_train}-{num_test}_s{seed}{suffix}',
       description='Synthetic primitive shapes with pose, scale, noise, occlusion and clutter.',
       num_train=num_train, num_test=num_test, num_points=num_points, num_classes=num_classes,
-      seed=seed)
+      seed=seed, pose=pose)
 
 
 class SyntheticShapes(_LocalBuilder):
@@ -181,7 +184,7 @@ class SyntheticShapes(_LocalBuilder):
     del dl_manager
     cfg = self.builder_config
     return {split: _examples(*synthetic.generate(n, cfg.num_points, cfg.num_classes, cfg.seed,
-                                                 stream))
+                                                 stream, cfg.pose))
             for stream, (split, n) in enumerate((('train', cfg.num_train),
                                                  ('test', cfg.num_test)))}
 

@@ -62,6 +62,7 @@ def default_data_config(name: str) -> Any:
   dc.synthetic_points = 1024  # points stored per cloud
   dc.synthetic_num_classes = 10  # 10..12 shape classes
   dc.synthetic_seed = 0  # the whole dataset is a function of this seed
+  dc.synthetic_pose = 'so3'  # 'so3' (any 3-D rotation) | 'upright' (rotated about z only)
   # modelnet_fewshot only: which task and fold (<data_dir>/<way>way<shot>shot/<fold>.pkl).
   dc.way = 5  # classes per task
   dc.shot = 10  # training shapes per class

@@ -160,7 +160,8 @@ def _builder_spec(dc: Any) -> tuple[Any, dict[str, Any], Optional[str], Optional
   if name == 'synthetic_shapes':
     config = builders.synthetic_config(
         int(dc.synthetic_num_train), int(dc.synthetic_num_test), int(dc.synthetic_points),
-        int(dc.synthetic_num_classes), int(dc.synthetic_seed))
+        int(dc.synthetic_num_classes), int(dc.synthetic_seed),
+        str(_opt(dc, 'synthetic_pose', 'so3')))
     return builders.SyntheticShapes, {'config': config}, None, None
   raise DataError(f'data.name: unknown dataset {name!r}; expected one of '
                   f'{", ".join(config_lib.DATASET_NAMES)}')
@@ -191,6 +192,9 @@ def prepare_builder(dc: Any) -> Any:
     for field in ('synthetic_num_train', 'synthetic_num_test', 'synthetic_points'):
       if int(dc[field] if isinstance(dc, dict) else getattr(dc, field)) < 1:
         raise DataError(f'data.{field}: must be at least 1')
+    pose = _opt(dc, 'synthetic_pose', 'so3')
+    if pose not in synthetic.POSES:
+      raise DataError(f'data.synthetic_pose: {pose!r} is not one of {", ".join(synthetic.POSES)}')
   if dc.name == 'synthetic_parts':  # validated before anything is generated
     from dapt_jax.data import synthetic_parts  # pylint: disable=g-import-not-at-top
     k = int(_opt(dc, 'synthetic_num_categories', 8))

@@ -1,7 +1,8 @@
 """Synthetic 3-D shape clouds, generated from a seed with vectorised NumPy (no files needed).
 
-Each cloud is one of up to 12 primitive surfaces in a random pose with anisotropic scale, surface
-noise, a random planar occlusion (a slab of the shape cut away) and background clutter (a floor
+Each cloud is one of up to 12 primitive surfaces in a random pose (any 3-D rotation, or with
+`pose='upright'` a rotation about the vertical axis only, as ModelNet40's aligned shapes) with
+anisotropic scale, surface noise, a random planar occlusion (a slab of the shape cut away) and background clutter (a floor
 patch and scattered points), centred and scaled to the unit sphere like the real datasets. The
 nuisances make neighbouring classes (sphere vs capsule, cube vs octahedron, cone vs pyramid) overlap
 enough that a classifier has to learn shape, not a single statistic.
@@ -15,6 +16,7 @@ from dapt_jax.data.preprocess import normalize_unit_sphere
 SHAPE_NAMES = ('sphere', 'cube', 'cylinder', 'cone', 'torus', 'pyramid', 'capsule', 'tetrahedron',
                'spring', 'cross', 'octahedron', 'annulus')
 MIN_CLASSES = 2
+POSES = ('so3', 'upright')  # uniformly random 3-D rotation | random rotation about z only
 
 # Nuisance ranges.
 _SCALE_RANGE = (0.75, 1.33)  # per-axis scale in the object frame
@@ -159,6 +161,14 @@ def _rotations(rng: np.random.Generator, n: int) -> np.ndarray:
       np.stack([2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], -1)], 1)
 
 
+def _upright_rotations(rng: np.random.Generator, n: int) -> np.ndarray:
+  """[n, 3, 3] rotations about the z axis by uniformly random angles (z stays up)."""
+  a = rng.uniform(0, 2 * np.pi, n)
+  c, s, zero, one = np.cos(a), np.sin(a), np.zeros(n), np.ones(n)
+  return np.stack([np.stack([c, -s, zero], -1), np.stack([s, c, zero], -1),
+                   np.stack([zero, zero, one], -1)], 1)
+
+
 def _occlude_and_pick(rng: np.random.Generator, pts: np.ndarray, num_points: int) -> np.ndarray:
   """Cuts away a random slab (≤ _OCCLUDED_MAX of the points) and keeps num_points of the rest."""
   n, m, _ = pts.shape
@@ -185,7 +195,7 @@ def _add_clutter(rng: np.random.Generator, pts: np.ndarray) -> np.ndarray:
 
 
 def generate(num_samples: int, num_points: int, num_classes: int, seed: int,
-             stream: int = 0) -> tuple[np.ndarray, np.ndarray]:
+             stream: int = 0, pose: str = 'so3') -> tuple[np.ndarray, np.ndarray]:
   """Generates a labelled set of synthetic clouds.
 
   Args:
@@ -194,6 +204,7 @@ def generate(num_samples: int, num_points: int, num_classes: int, seed: int,
     num_classes: the first `num_classes` of SHAPE_NAMES.
     seed: the whole output is a function of (seed, stream).
     stream: distinguishes splits generated from the same seed (train 0, test 1).
+    pose: 'so3' (any rotation) or 'upright' (rotations about z only); see POSES.
 
   Returns:
     points float32 [S, P, 3] (centred, unit sphere), labels int32 [S].
@@ -201,6 +212,8 @@ def generate(num_samples: int, num_points: int, num_classes: int, seed: int,
   if not MIN_CLASSES <= num_classes <= len(SHAPE_NAMES):
     raise ValueError(f'synthetic_num_classes must be in [{MIN_CLASSES}, {len(SHAPE_NAMES)}], '
                      f'got {num_classes}')
+  if pose not in POSES:
+    raise ValueError(f'synthetic pose must be one of {POSES}, got {pose!r}')
   if num_samples < 0 or num_points < 1:
     raise ValueError(f'need num_samples ≥ 0 and num_points ≥ 1, got {num_samples}, {num_points}')
   rng = np.random.default_rng([seed, stream])
@@ -212,7 +225,8 @@ def generate(num_samples: int, num_points: int, num_classes: int, seed: int,
     if sel.size:
       pts[sel] = _SAMPLERS[c](rng, sel.size, m)
   pts *= rng.uniform(*_SCALE_RANGE, (num_samples, 1, 3))
-  pts = np.einsum('nij,nmj->nmi', _rotations(rng, num_samples), pts)
+  rotations = _rotations if pose == 'so3' else _upright_rotations
+  pts = np.einsum('nij,nmj->nmi', rotations(rng, num_samples), pts)
   pts += rng.normal(size=pts.shape) * rng.uniform(*_NOISE_RANGE, (num_samples, 1, 1))
   pts = _occlude_and_pick(rng, pts, num_points)
   pts = _add_clutter(rng, pts)

@@ -43,7 +43,8 @@ DESCRIPTIONS = {
 MIB = 2 ** 20
 
 
-def row_config(name: str, backbone: Optional[str], epochs: int, seed: int = 0):
+def row_config(name: str, backbone: Optional[str], epochs: int, seed: int = 0,
+               pose: str = 'so3'):
   """The fine-tuning config of one row: configs/synthetic.py with the row's partition and start.
 
   Every row trains epochs 0..`epochs` at the same rate (no warm-up: lr 1e-3 from the first step,
@@ -58,6 +59,7 @@ def row_config(name: str, backbone: Optional[str], epochs: int, seed: int = 0):
   c.seed = seed
   c.partition_rules = tuple(rules)
   c.init_from = backbone if name.endswith('_pretrained') else None
+  c.data.synthetic_pose = pose
   c.num_epochs = epochs
   c.model.head_dropout_rate = 0.0  # a few epochs only: the release's 0.5 would slow every row
   c.optim.warmup_epochs = 0
@@ -69,25 +71,30 @@ def row_config(name: str, backbone: Optional[str], epochs: int, seed: int = 0):
   return c
 
 
-def command_line(name: str, backbone: Optional[str], epochs: int, workdir: str) -> str:
+def command_line(name: str, backbone: Optional[str], epochs: int, workdir: str,
+                 pose: str = 'so3') -> str:
   """A command that trains this row on its own (main.py where the partition is the config's)."""
   if not name.startswith('dapt'):
-    return f'python -m dapt_jax.demo.compare --rows {name} --epochs {epochs}'
+    more = f' --pose {pose}' if pose != 'so3' else ''
+    return f'python -m dapt_jax.demo.compare --rows {name} --epochs {epochs}{more}'
   parts = ['python main.py --config=configs/synthetic.py', f'--workdir={workdir}',
            f'--config.num_epochs={epochs}', '--config.optim.warmup_epochs=0',
            '--config.model.head_dropout_rate=0',
            f'--config.eval.every_epochs={epochs}']
+  if pose != 'so3':
+    parts.append(f'--config.data.synthetic_pose={pose}')
   if name.endswith('_pretrained'):
     parts.append(f'--config.init_from={backbone}')
   return ' '.join(parts)
 
 
-def run_row(name: str, backbone: Optional[str], epochs: int, workdir: str, seed: int) -> dict:
+def run_row(name: str, backbone: Optional[str], epochs: int, workdir: str, seed: int,
+            pose: str = 'so3') -> dict:
   """Trains one row in this process; returns its record."""
   import jax  # pylint: disable=g-import-not-at-top
   from dapt_jax import train  # pylint: disable=g-import-not-at-top
   from dapt_jax.bench import memory  # pylint: disable=g-import-not-at-top
-  config = row_config(name, backbone, epochs, seed)
+  config = row_config(name, backbone, epochs, seed, pose)
   memory.reset_peak_rss()
   t0 = time.time()
   summary = train.train_and_evaluate(config, workdir)
@@ -108,7 +115,7 @@ def run_row(name: str, backbone: Optional[str], epochs: int, workdir: str, seed:
       'epochs': f'0..{epochs}',
       'steps': int(summary['steps']),
       'backend': jax.default_backend(),
-      'command': command_line(name, backbone, epochs, workdir),
+      'command': command_line(name, backbone, epochs, workdir, pose),
   }
 
 
@@ -155,6 +162,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                  help='fine-tuning epochs per row (runs epochs 0..E)')
   p.add_argument('--rows', default=','.join(ROWS), help=f'comma-separated subset of {ROWS}')
   p.add_argument('--seed', type=int, default=0, help='config.seed of every row')
+  p.add_argument('--pose', default='so3', choices=('so3', 'upright'),
+                 help="the generated clouds' poses (data.synthetic_pose): any 3-D rotation, or "
+                      'rotated about the vertical axis only')
   args = p.parse_args(argv)
   rows = [r.strip() for r in args.rows.split(',') if r.strip()]
   unknown = [r for r in rows if r not in ROWS]
@@ -190,14 +200,15 @@ def main(argv: Sequence[str] | None = None) -> int:
   for i, name in enumerate(rows, 1):
     print(f'[{i}/{len(rows)}] {name}: {DESCRIPTIONS[name]} ...', flush=True)
     try:
-      record = run_row(name, backbone, args.epochs, os.path.join(out, name), args.seed)
+      record = run_row(name, backbone, args.epochs, os.path.join(out, name), args.seed,
+                       args.pose)
     except (errors.UserError, pretrained.PretrainedError, train.TrainingError, ValueError) as e:
       print(f'error: {name}: {str(e).splitlines()[0]}', file=sys.stderr)
       return 2
     records.append(record)
     print(f"    accuracy {100 * record['accuracy']:.1f} %, {record['trainable_params']:,} "
           f"trainable, {record['seconds']:.0f} s", flush=True)
-  result = {'rows': records, 'epochs': f'0..{args.epochs}', 'seed': args.seed,
+  result = {'rows': records, 'epochs': f'0..{args.epochs}', 'seed': args.seed, 'pose': args.pose,
             'backbone': args.backbone, 'backbone_report': origin,
             'total_seconds': round(time.time() - t_all, 1)}
   with open(os.path.join(out, 'comparison.json'), 'w') as f:
