@@ -2,6 +2,8 @@ r"""The demo's comparison: what a pre-trained backbone buys, on the same held-ou
 
     python -m dapt_jax.demo.compare                     # or: bash scripts/demo.sh
     python -m dapt_jax.demo.compare --epochs 10 --out runs/demo_long
+    python -m dapt_jax.demo.compare --pose upright --train-clouds 100 --epochs 60 \
+        --backbone runs/pretrain_upright --out runs/demo_upright_few
 
 Fine-tunes the demo classifier (configs/synthetic.py: 64 wide, 2 blocks, 10 shape classes, 1,024
 training and 256 test clouds) four ways, one after the other, with the same recipe and seed:
@@ -12,7 +14,9 @@ training and 256 test clouds) four ways, one after the other, with the same reci
   full_pretrained     every parameter, starting from that backbone (full fine-tuning)
   dapt_random         DAPT's trainable set on a randomly initialised backbone
 
-and writes to --out: `comparison.json` (one record per row: name, trainable_params,
+`--pose upright` generates the clouds rotated about the vertical axis only, `--train-clouds N`
+fine-tunes on N labelled clouds instead of 1,024 (the test clouds stay the same). It writes to
+--out: `comparison.json` (one record per row: name, trainable_params,
 total_params, accuracy — the final epoch's test accuracy as a fraction —, seconds, peak RSS, the
 equivalent main.py command), `comparison.md` (the table), `comparison.png` (a plot) and each
 row's training workdir. Time and memory are measured in this process (peak RSS since a reset
@@ -44,7 +48,7 @@ MIB = 2 ** 20
 
 
 def row_config(name: str, backbone: Optional[str], epochs: int, seed: int = 0,
-               pose: str = 'so3'):
+               pose: str = 'so3', train_clouds: Optional[int] = None):
   """The fine-tuning config of one row: configs/synthetic.py with the row's partition and start.
 
   Every row trains epochs 0..`epochs` at the same rate (no warm-up: lr 1e-3 from the first step,
@@ -60,6 +64,8 @@ def row_config(name: str, backbone: Optional[str], epochs: int, seed: int = 0,
   c.partition_rules = tuple(rules)
   c.init_from = backbone if name.endswith('_pretrained') else None
   c.data.synthetic_pose = pose
+  if train_clouds is not None:
+    c.data.synthetic_num_train = train_clouds
   c.num_epochs = epochs
   c.model.head_dropout_rate = 0.0  # a few epochs only: the release's 0.5 would slow every row
   c.optim.warmup_epochs = 0
@@ -72,10 +78,12 @@ def row_config(name: str, backbone: Optional[str], epochs: int, seed: int = 0,
 
 
 def command_line(name: str, backbone: Optional[str], epochs: int, workdir: str,
-                 pose: str = 'so3') -> str:
+                 pose: str = 'so3', train_clouds: Optional[int] = None) -> str:
   """A command that trains this row on its own (main.py where the partition is the config's)."""
   if not name.startswith('dapt'):
     more = f' --pose {pose}' if pose != 'so3' else ''
+    more += f' --train-clouds {train_clouds}' if train_clouds is not None else ''
+    more += f' --backbone {backbone}' if name.endswith('_pretrained') else ''
     return f'python -m dapt_jax.demo.compare --rows {name} --epochs {epochs}{more}'
   parts = ['python main.py --config=configs/synthetic.py', f'--workdir={workdir}',
            f'--config.num_epochs={epochs}', '--config.optim.warmup_epochs=0',
@@ -83,18 +91,20 @@ def command_line(name: str, backbone: Optional[str], epochs: int, workdir: str,
            f'--config.eval.every_epochs={epochs}']
   if pose != 'so3':
     parts.append(f'--config.data.synthetic_pose={pose}')
+  if train_clouds is not None:
+    parts.append(f'--config.data.synthetic_num_train={train_clouds}')
   if name.endswith('_pretrained'):
     parts.append(f'--config.init_from={backbone}')
   return ' '.join(parts)
 
 
 def run_row(name: str, backbone: Optional[str], epochs: int, workdir: str, seed: int,
-            pose: str = 'so3') -> dict:
+            pose: str = 'so3', train_clouds: Optional[int] = None) -> dict:
   """Trains one row in this process; returns its record."""
   import jax  # pylint: disable=g-import-not-at-top
   from dapt_jax import train  # pylint: disable=g-import-not-at-top
   from dapt_jax.bench import memory  # pylint: disable=g-import-not-at-top
-  config = row_config(name, backbone, epochs, seed, pose)
+  config = row_config(name, backbone, epochs, seed, pose, train_clouds)
   memory.reset_peak_rss()
   t0 = time.time()
   summary = train.train_and_evaluate(config, workdir)
@@ -115,7 +125,7 @@ def run_row(name: str, backbone: Optional[str], epochs: int, workdir: str, seed:
       'epochs': f'0..{epochs}',
       'steps': int(summary['steps']),
       'backend': jax.default_backend(),
-      'command': command_line(name, backbone, epochs, workdir, pose),
+      'command': command_line(name, backbone, epochs, workdir, pose, train_clouds),
   }
 
 
@@ -165,6 +175,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   p.add_argument('--pose', default='so3', choices=('so3', 'upright'),
                  help="the generated clouds' poses (data.synthetic_pose): any 3-D rotation, or "
                       'rotated about the vertical axis only')
+  p.add_argument('--train-clouds', type=int, default=None,
+                 help='labelled training clouds (data.synthetic_num_train; default: the '
+                      "config's 1,024); the 256 test clouds stay the same")
   args = p.parse_args(argv)
   rows = [r.strip() for r in args.rows.split(',') if r.strip()]
   unknown = [r for r in rows if r not in ROWS]
@@ -174,6 +187,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
   if args.epochs < 1:
     print('error: --epochs must be at least 1', file=sys.stderr)
+    return 2
+  if args.train_clouds is not None and args.train_clouds < 32:
+    print(f'error: --train-clouds {args.train_clouds}: need at least one batch (32 clouds)',
+          file=sys.stderr)
     return 2
   backbone = os.path.abspath(args.backbone)
   if any(r.endswith('_pretrained') for r in rows) and not os.path.isdir(backbone):
@@ -201,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f'[{i}/{len(rows)}] {name}: {DESCRIPTIONS[name]} ...', flush=True)
     try:
       record = run_row(name, backbone, args.epochs, os.path.join(out, name), args.seed,
-                       args.pose)
+                       args.pose, args.train_clouds)
     except (errors.UserError, pretrained.PretrainedError, train.TrainingError, ValueError) as e:
       print(f'error: {name}: {str(e).splitlines()[0]}', file=sys.stderr)
       return 2
@@ -209,6 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"    accuracy {100 * record['accuracy']:.1f} %, {record['trainable_params']:,} "
           f"trainable, {record['seconds']:.0f} s", flush=True)
   result = {'rows': records, 'epochs': f'0..{args.epochs}', 'seed': args.seed, 'pose': args.pose,
+            'train_clouds': args.train_clouds,
             'backbone': args.backbone, 'backbone_report': origin,
             'total_seconds': round(time.time() - t_all, 1)}
   with open(os.path.join(out, 'comparison.json'), 'w') as f:
