@@ -62,6 +62,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.synthetic_points = 1024     # synthetic_shapes: points per stored cloud
   c.data.synthetic_num_classes = 10  # synthetic_shapes: classes
   c.data.synthetic_seed = 0          # synthetic_shapes: generator seed
+  c.data.synthetic_pose = 'so3'      # synthetic_shapes: 'so3' (any rotation) or 'upright' (about z)
   c.data.source_format = 'auto'      # modelnet40: 'auto', 'dat', 'txt' or 'h5' files in data_dir
   c.data.modelnet_points = 8192      # modelnet40: points kept per shape when preparing raw files
   c.data.way = 5                     # modelnet_fewshot: classes per task (5 or 10)

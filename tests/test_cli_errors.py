@@ -145,6 +145,8 @@ CASES = {
                                  '--config.data.data_dir={top}/nowhere'],
                                 ['ModelNet40', 'nowhere']),
     'eval_with_nothing_to_evaluate': (['--mode=eval'], ['nothing to evaluate']),
+    'synthetic_pose_unknown': (['--config.data.synthetic_pose=sideways'],
+                               ['data.synthetic_pose', "'sideways'", 'so3, upright']),
 }
 
 

@@ -2,10 +2,11 @@
 
 Each cloud is one of up to 12 primitive surfaces in a random pose (any 3-D rotation, or with
 `pose='upright'` a rotation about the vertical axis only, as ModelNet40's aligned shapes) with
-anisotropic scale, surface noise, a random planar occlusion (a slab of the shape cut away) and background clutter (a floor
-patch and scattered points), centred and scaled to the unit sphere like the real datasets. The
-nuisances make neighbouring classes (sphere vs capsule, cube vs octahedron, cone vs pyramid) overlap
-enough that a classifier has to learn shape, not a single statistic.
+anisotropic scale, surface noise, a random planar occlusion (a slab of the shape cut away) and
+background clutter (a floor patch and scattered points), centred and scaled to the unit sphere
+like the real datasets. The nuisances make neighbouring classes (sphere vs capsule, cube vs
+octahedron, cone vs pyramid) overlap enough that a classifier has to learn shape, not a single
+statistic.
 """
 from __future__ import annotations
 
