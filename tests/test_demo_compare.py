@@ -8,7 +8,8 @@ from dapt_jax.demo import compare
 
 @pytest.mark.parametrize('pose', ['so3', 'upright'])
 def test_rows_share_the_recipe_and_differ_in_partition_and_start(pose):
-  configs = {name: compare.row_config(name, '/bb', 4, seed=3, pose=pose) for name in compare.ROWS}
+  configs = {name: compare.row_config(name, '/bb', 4, seed=3, pose=pose)
+             for name in compare.ROWS + compare.EXTRA_ROWS}
   for name, c in configs.items():
     assert (c.seed, c.num_epochs, c.optim.warmup_epochs, c.data.synthetic_pose) == (3, 4, 0, pose)
     assert c.init_from == ('/bb' if name.endswith('_pretrained') else None)
@@ -16,6 +17,7 @@ def test_rows_share_the_recipe_and_differ_in_partition_and_start(pose):
   assert configs['dapt_random'].partition_rules == tuple(partition.DAPT_RULES)
   assert configs['linear_pretrained'].partition_rules == tuple(partition.LINEAR_PROBE_RULES)
   assert configs['full_pretrained'].partition_rules == tuple(partition.FULL_FINETUNE_RULES)
+  assert configs['full_random'].partition_rules == tuple(partition.FULL_FINETUNE_RULES)
 
 
 def test_command_lines_name_the_pose_only_when_it_is_not_the_default():
@@ -36,7 +38,7 @@ def test_argument_mistakes_exit_2_with_one_line(tmp_path, capsys):
   out = tmp_path / 'out'
   assert compare.main(['--rows', 'dapt_random,bogus', '--out', str(out)]) == 2
   assert capsys.readouterr().err.strip() == ('error: --rows: unknown bogus; choose from '
-                                            + ', '.join(compare.ROWS))
+                                            + ', '.join(compare.ROWS + compare.EXTRA_ROWS))
   assert compare.main(['--epochs', '0', '--out', str(out)]) == 2
   assert compare.main(['--train-clouds', '8', '--out', str(out)]) == 2
   assert 'need at least one batch' in capsys.readouterr().err
