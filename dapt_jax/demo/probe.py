@@ -24,16 +24,20 @@ DEFAULT_BACKBONE = 'assets/pretrained/synthetic_small'
 BATCH = 128
 
 
-def features(net, variables, points, num_points: int):
-  """[S, P, 3] clouds → [S, F] head-input features (evaluation view), in batches."""
+def feature_fn(net, num_points: int):
+  """A function (variables, [S, P, 3] clouds) → [S, F] head-input features (evaluation view),
+  compiled once per batch shape and run in batches of BATCH."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from dapt_jax.data import augment  # pylint: disable=g-import-not-at-top
   from dapt_jax.peft import tsne  # pylint: disable=g-import-not-at-top
 
   fn = jax.jit(lambda v, p: tsne.head_input(net, v, augment.eval_view(p, num_points)))
-  return np.concatenate([np.asarray(fn(variables, points[i:i + BATCH]))
-                         for i in range(0, len(points), BATCH)])
+
+  def features(variables, points):
+    return np.concatenate([np.asarray(fn(variables, points[i:i + BATCH]))
+                           for i in range(0, len(points), BATCH)])
+  return features
 
 
 def probe_accuracy(train_x, train_y, test_x, test_y) -> float:
@@ -66,12 +70,13 @@ def probe(backbones: Sequence[Optional[str]], pose: str = 'so3',
   c.lock()
   net = model_lib.build_model(c.model)
   init = model_lib.init_variables(net, jax.random.PRNGKey(seed), dc.num_points)
+  features = feature_fn(net, dc.num_points)
   results = []
   for backbone in backbones:
     variables = init
     if backbone is not None:
       variables, _ = pretrained.merge_pretrained(init, pretrained.load_converted(backbone))
-    f = {s: features(net, variables, x, dc.num_points) for s, (x, _) in clouds.items()}
+    f = {s: features(variables, x) for s, (x, _) in clouds.items()}
     acc = probe_accuracy(f['train'], clouds['train'][1], f['test'], clouds['test'][1])
     results.append(('random' if backbone is None else backbone, acc))
   return results
