@@ -196,16 +196,6 @@ def test_train_eval_outputs_and_exact_resume(tmp_path):
     assert [n for n, _ in top] == [n for n, _ in results[0]]
 
 
-def test_different_config_in_workdir_is_refused_unless_overwrite(tmp_path):
-  workdir = str(tmp_path / 'w')
-  train.train_and_evaluate(tiny_config(tmp_path, max_steps=1), workdir)
-  with pytest.raises(train.TrainingError, match=r'different config \(differs in: optim\)'):
-    train.train_and_evaluate(tiny_config(tmp_path, max_steps=1, **{'optim.lr': 1e-2}), workdir)
-  summary = train.train_and_evaluate(
-      tiny_config(tmp_path, max_steps=1, overwrite=True, **{'optim.lr': 1e-2}), workdir)
-  assert summary['steps'] == 1  # started afresh
-
-
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   workdir = str(tmp_path / 'nan')
   good = tiny_config(tmp_path, max_steps=4)
@@ -213,7 +203,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   before, _ = final_params(workdir, good)
   bad = tiny_config(tmp_path, overwrite=True, **{'optim.lr': 1e30, 'optim.warmup_lr_init': 1e30,
                                                  'optim.min_lr': 1e30, 'optim.clip_grad_norm': 0.0})
-  # Same workdir, different config: the refusal path is tested elsewhere; here overwrite=True
+  # Same workdir, different config: the refusal path is tested through main.py in
+  # tests/test_cli_errors.py (with --config.overwrite=True replacing the run); here overwrite=True
   # would wipe the run, so point the bad run at a copy of the good one instead.
   import shutil
   bad_dir = str(tmp_path / 'nan_copy')
