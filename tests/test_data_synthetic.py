@@ -39,8 +39,8 @@ def test_nuisances_vary_between_clouds_of_a_class():
 
 def test_upright_pose_keeps_the_vertical_axis():
   rot = synthetic._upright_rotations(np.random.default_rng(0), 50)
-  np.testing.assert_allclose(np.einsum('nij,nkj->nik', rot, rot), np.broadcast_to(np.eye(3), rot.shape),
-                             atol=1e-12)
+  np.testing.assert_allclose(np.einsum('nij,nkj->nik', rot, rot),
+                             np.broadcast_to(np.eye(3), rot.shape), atol=1e-12)
   np.testing.assert_allclose(np.linalg.det(rot), 1, atol=1e-12)
   np.testing.assert_array_equal(rot[:, 2], np.broadcast_to([0., 0., 1.], (50, 3)))
   np.testing.assert_array_equal(rot[:, :, 2], np.broadcast_to([0., 0., 1.], (50, 3)))

@@ -1,4 +1,5 @@
-"""The demo comparison's rows: configs, equivalent commands and argument errors (no training)."""
+"""The demo's comparison rows (configs, equivalent commands, argument errors) and its frozen-feature
+probe (the classifier it fits, a run on the shipped backbone, argument errors). Nothing trains."""
 
 import pytest
 
@@ -30,7 +31,8 @@ def test_command_lines_name_the_pose_only_when_it_is_not_the_default():
       '--rows full_pretrained --epochs 6 --pose upright --backbone /bb')
   few = compare.command_line('dapt_random', None, 60, 'w', train_clouds=100)
   assert '--config.data.synthetic_num_train=100' in few
-  assert compare.row_config('dapt_random', None, 6, train_clouds=100).data.synthetic_num_train == 100
+  few_config = compare.row_config('dapt_random', None, 6, train_clouds=100)
+  assert few_config.data.synthetic_num_train == 100
   assert compare.row_config('dapt_random', None, 6).data.synthetic_num_train == 1024
 
 
