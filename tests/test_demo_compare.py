@@ -21,6 +21,11 @@ def test_rows_share_the_recipe_and_differ_in_partition_and_start(pose):
   assert configs['full_random'].partition_rules == tuple(partition.FULL_FINETUNE_RULES)
 
 
+def test_pose_choices_are_the_generators():
+  from dapt_jax.data import synthetic
+  assert compare.POSES == synthetic.POSES
+
+
 def test_command_lines_name_the_pose_only_when_it_is_not_the_default():
   plain = compare.command_line('dapt_pretrained', '/bb', 6, 'runs/demo/dapt_pretrained')
   assert plain.startswith('python main.py --config=configs/synthetic.py')

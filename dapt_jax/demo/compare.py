@@ -41,6 +41,9 @@ DEFAULT_OUT = 'runs/demo'
 DEFAULT_EPOCHS = 6
 ROWS = ('dapt_pretrained', 'linear_pretrained', 'full_pretrained', 'dapt_random')
 EXTRA_ROWS = ('full_random',)  # only when asked for with --rows
+# data.synthetic_pose's values (dapt_jax.data.synthetic.POSES, which imports JAX; a test keeps
+# the two equal so argument parsing stays light).
+POSES = ('so3', 'upright')
 DESCRIPTIONS = {
     'dapt_pretrained': 'DAPT, pre-trained backbone',
     'linear_pretrained': 'linear probing (head only), pre-trained backbone',
@@ -177,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   p.add_argument('--rows', default=','.join(ROWS),
                  help=f'comma-separated rows: any of {ROWS + EXTRA_ROWS} (default: the first four)')
   p.add_argument('--seed', type=int, default=0, help='config.seed of every row')
-  p.add_argument('--pose', default='so3', choices=('so3', 'upright'),
+  p.add_argument('--pose', default='so3', choices=POSES,
                  help="the generated clouds' poses (data.synthetic_pose): any 3-D rotation, or "
                       'rotated about the vertical axis only')
   p.add_argument('--train-clouds', type=int, default=None,
@@ -193,8 +196,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   if args.epochs < 1:
     print('error: --epochs must be at least 1', file=sys.stderr)
     return 2
-  if args.train_clouds is not None and args.train_clouds < 32:
-    print(f'error: --train-clouds {args.train_clouds}: need at least one batch (32 clouds)',
+  from configs import synthetic  # pylint: disable=g-import-not-at-top
+  batch = synthetic.get_config().batch_size
+  if args.train_clouds is not None and args.train_clouds < batch:
+    print(f'error: --train-clouds {args.train_clouds}: need at least one batch ({batch} clouds)',
           file=sys.stderr)
     return 2
   backbone = os.path.abspath(args.backbone)

@@ -20,6 +20,8 @@ import os
 import sys
 from typing import Optional, Sequence
 
+from dapt_jax.demo import compare
+
 DEFAULT_BACKBONE = 'assets/pretrained/synthetic_small'
 BATCH = 128
 
@@ -87,20 +89,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                               description=__doc__.split('\n\n')[0])
   p.add_argument('--backbone', action='append', default=None,
                  help=f'a backbone directory (repeatable; default {DEFAULT_BACKBONE})')
-  p.add_argument('--pose', default='so3', choices=('so3', 'upright'),
+  p.add_argument('--pose', default='so3', choices=compare.POSES,
                  help="the generated clouds' poses (data.synthetic_pose)")
   p.add_argument('--train-clouds', type=int, default=None,
                  help="training clouds for the probe (default: the demo's 1,024)")
   p.add_argument('--seed', type=int, default=0, help='seed of the random backbone')
   args = p.parse_args(argv)
+  from configs import synthetic as synthetic_config  # pylint: disable=g-import-not-at-top
+  dc = synthetic_config.get_config().data
   backbones = args.backbone or [DEFAULT_BACKBONE]
   for b in backbones:
     if not os.path.isdir(b):
       print(f'error: --backbone {b}: no such directory', file=sys.stderr)
       return 2
-  if args.train_clouds is not None and args.train_clouds < 10:
-    print(f'error: --train-clouds {args.train_clouds}: need at least one cloud per class (10)',
-          file=sys.stderr)
+  if args.train_clouds is not None and args.train_clouds < dc.synthetic_num_classes:
+    print(f'error: --train-clouds {args.train_clouds}: need at least one cloud per class '
+          f'({dc.synthetic_num_classes})', file=sys.stderr)
     return 2
   from dapt_jax import pretrained  # pylint: disable=g-import-not-at-top
   try:
@@ -108,8 +112,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   except pretrained.PretrainedError as e:
     print(f'error: {str(e).splitlines()[0]}', file=sys.stderr)
     return 2
-  print(f'linear probe of frozen features, {args.pose} clouds '
-        f'({args.train_clouds or "1,024"} training, 256 test; chance 10 %):')
+  num_train = dc.synthetic_num_train if args.train_clouds is None else args.train_clouds
+  print(f'linear probe of frozen features, {args.pose} clouds ({num_train:,} training, '
+        f'{dc.synthetic_num_test:,} test; chance {100 / dc.synthetic_num_classes:.0f} %):')
   for name, acc in results:
     print(f'  {100 * acc:5.1f} %  {name}')
   return 0
