@@ -126,6 +126,7 @@ class Checkpoints:
           state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
     except (ValueError, KeyError, TypeError) as e:
       msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+      errors.mute_other_threads()  # orbax's I/O threads may print after this (errors.py)
       raise CheckpointError(f'{manager.directory}/{step}: cannot restore into this config '
                             f'({msg})') from None
     meta = dict(restored['meta'])
@@ -224,7 +225,8 @@ def _metadata(path: str) -> dict:
   finally:
     absl_log.setLevel(level)
   meta = getattr(meta, 'item_metadata', meta)
-  if meta is None:
+  if meta is None:  # orbax swallowed a read error; its I/O threads may still print (errors.py)
+    errors.mute_other_threads()
     raise CheckpointError(f'{path}: not a converted checkpoint or a training workdir (no '
                           'checkpoint metadata in it)')
   return _shape_tree(getattr(meta, 'tree', meta))
@@ -251,6 +253,7 @@ def read_variable_shapes(path: str) -> dict[str, dict[str, tuple[int, ...]]]:
     raise
   except Exception as e:  # pylint: disable=broad-except  (orbax raises many kinds)
     detail = ' '.join(str(e).split())[:160] or type(e).__name__
+    errors.mute_other_threads()  # orbax's I/O threads may print after this (errors.py)
     raise CheckpointError(f'{src}: not a converted checkpoint or a training workdir '
                           f'({detail})') from None
   if not isinstance(tree, dict) or set(tree) - {'params', 'batch_stats'}:

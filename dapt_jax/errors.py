@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import traceback
 from typing import Any, Callable, NoReturn, Optional
 
@@ -59,6 +60,34 @@ def exit_now(code: int) -> NoReturn:
   os._exit(code)  # pylint: disable=protected-access
 
 
+class _MainThreadOnly:
+  """A text stream that passes on what the main thread writes and drops other threads' writes."""
+
+  def __init__(self, stream: Any):
+    self._stream = stream
+
+  def write(self, text: str) -> int:
+    if threading.current_thread() is threading.main_thread():
+      return self._stream.write(text)
+    return len(text)
+
+  def __getattr__(self, name: str) -> Any:  # flush, fileno, encoding, isatty, ...
+    return getattr(self._stream, name)
+
+
+def mute_other_threads() -> None:
+  """From now on, only the main thread's writes to sys.stdout/sys.stderr are shown.
+
+  Called once a checkpoint read has failed (the process then ends with a user error): the
+  checkpoint library's I/O threads may still finish reads after its event loop was closed and
+  print that loop's traceback at any moment, around or inside our one `error:` line.
+  """
+  for name in ('stdout', 'stderr'):
+    stream = getattr(sys, name)
+    if stream is not None and not isinstance(stream, _MainThreadOnly):
+      setattr(sys, name, _MainThreadOnly(stream))
+
+
 def report(e: BaseException) -> int:
   """Prints `error: <first line>` (plus the traceback with DAPT_JAX_DEBUG=1); returns 2."""
   if debug():
@@ -69,6 +98,7 @@ def report(e: BaseException) -> int:
 
 def fail(message: str) -> NoReturn:
   """Reports a user mistake found by an entry point itself and exits with status 2."""
+  mute_other_threads()
   print(f'error: {message}', file=sys.stderr, flush=True)
   exit_now(EXIT_USER_ERROR)
 
@@ -85,6 +115,8 @@ def run_cli(fn: Callable[..., Optional[int]], *args: Any, exit: bool = True,  # 
     result = fn(*args, **kwargs)
     code = 0 if result is None else int(result)
   except UserError as e:
+    if exit:  # nothing but this line is said from here on
+      mute_other_threads()
     code = report(e)
     if exit:
       exit_now(code)

@@ -125,6 +125,7 @@ def load_converted(path: str | os.PathLike, workdir_checkpoint: str = 'best') ->
     restored = ocp.StandardCheckpointer().restore(src)
   except Exception as e:  # pylint: disable=broad-except
     detail = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+    errors.mute_other_threads()  # orbax's I/O threads may print after this (errors.py)
     raise PretrainedError(f'{src}: not a converted checkpoint ({detail})') from None
   if not isinstance(restored, Mapping) or set(restored) - set(COLLECTIONS):
     keys = sorted(restored) if isinstance(restored, Mapping) else type(restored).__name__

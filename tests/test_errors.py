@@ -28,3 +28,50 @@ errors.run_cli(body)
   r = subprocess.run([sys.executable, '-c', bug], cwd=root, capture_output=True, text=True,
                      timeout=60)
   assert r.returncode == 1 and 'Traceback' in r.stderr  # a bug keeps its traceback
+
+
+def test_after_a_user_error_other_threads_cannot_print_into_the_error_line():
+  """A background thread that prints a traceback while run_cli reports (as the checkpoint
+  library's I/O threads can after a failed read) is dropped: stderr is exactly the one line.
+
+  The thread is made to write while the message is being formatted, i.e. after run_cli has
+  decided to exit; without muting, its text would land in stderr every time.
+  """
+  code = '''
+import sys, threading
+from dapt_jax import errors
+go, wrote = threading.Event(), threading.Event()
+def noise():
+  go.wait()
+  sys.stderr.write("Traceback (most recent call last):\\n  RuntimeError: Event loop is closed\\n")
+  sys.stderr.flush()
+  wrote.set()
+threading.Thread(target=noise, daemon=True).start()
+class Oops(errors.UserError):
+  def __str__(self):
+    go.set()
+    assert wrote.wait(30)
+    return "ckpt: not a converted checkpoint"
+def body():
+  raise Oops()
+errors.run_cli(body)
+'''
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  r = subprocess.run([sys.executable, '-c', code], cwd=root, capture_output=True, text=True,
+                     env={**os.environ, errors.DEBUG_ENV: ''}, timeout=60)
+  assert (r.returncode, r.stderr) == (2, 'error: ckpt: not a converted checkpoint\n'), r.stderr
+
+
+def test_mute_other_threads_keeps_the_main_thread(monkeypatch, capsys):
+  import threading  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(sys, 'stderr', sys.stderr)  # restored after the test
+  monkeypatch.setattr(sys, 'stdout', sys.stdout)
+  errors.mute_other_threads()
+  errors.mute_other_threads()  # idempotent: one wrapper
+  worker = threading.Thread(target=lambda: print('from a thread', file=sys.stderr, flush=True))
+  worker.start()
+  worker.join()
+  print('from main', file=sys.stderr)
+  print('out', flush=True)
+  captured = capsys.readouterr()
+  assert captured.err == 'from main\n' and captured.out == 'out\n'
