@@ -91,7 +91,7 @@ class Checkpoints:
   def restore_frozen(self, template: Any) -> Any:
     if not os.path.exists(self.frozen_dir):
       raise CheckpointError(f'{self.frozen_dir}: missing (the workdir is incomplete)')
-    with ocp.StandardCheckpointer() as ckptr:
+    with errors.quiet_if_it_fails(), ocp.StandardCheckpointer() as ckptr:
       return ckptr.restore(self.frozen_dir, {'frozen': _abstract(template)})['frozen']
 
   # -- training state -------------------------------------------------------------------------
@@ -122,11 +122,11 @@ class Checkpoints:
       raise CheckpointError(f'no {which!r} checkpoint in {manager.directory}')
     target = _abstract(_state_to_tree(template))
     try:
-      restored = manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+      with errors.quiet_if_it_fails():
+        restored = manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
     except (ValueError, KeyError, TypeError) as e:
       msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-      errors.mute_other_threads()  # orbax's I/O threads may print after this (errors.py)
       raise CheckpointError(f'{manager.directory}/{step}: cannot restore into this config '
                             f'({msg})') from None
     meta = dict(restored['meta'])
@@ -198,7 +198,7 @@ def workdir_variables(workdir: str, which: str = 'best') -> tuple[dict, int]:
   root = os.path.abspath(os.path.join(workdir, 'checkpoints'))
   name, step = find_checkpoint(workdir, which)
   chosen = os.path.join(root, name)
-  with ocp.StandardCheckpointer() as ckptr:
+  with errors.quiet_if_it_fails(), ocp.StandardCheckpointer() as ckptr:
     state = ckptr.restore(os.path.join(chosen, str(step), 'state'))
     frozen = ckptr.restore(os.path.join(root, 'frozen'))['frozen']
   to_np = lambda t: jax.tree.map(np.asarray, dict(t)) if t else {}
@@ -219,16 +219,16 @@ def _metadata(path: str) -> dict:
   absl_log = logging.getLogger('absl')  # orbax warns before we can say it in one line
   level = absl_log.level
   absl_log.setLevel(logging.ERROR)
-  try:
-    with ocp.StandardCheckpointer() as ckptr:
-      meta = ckptr.metadata(path)
-  finally:
-    absl_log.setLevel(level)
-  meta = getattr(meta, 'item_metadata', meta)
-  if meta is None:  # orbax swallowed a read error; its I/O threads may still print (errors.py)
-    errors.mute_other_threads()
-    raise CheckpointError(f'{path}: not a converted checkpoint or a training workdir (no '
-                          'checkpoint metadata in it)')
+  with errors.quiet_if_it_fails():
+    try:
+      with ocp.StandardCheckpointer() as ckptr:
+        meta = ckptr.metadata(path)
+    finally:
+      absl_log.setLevel(level)
+    meta = getattr(meta, 'item_metadata', meta)
+    if meta is None:  # orbax logged a read error and gave up
+      raise CheckpointError(f'{path}: not a converted checkpoint or a training workdir (no '
+                            'checkpoint metadata in it)')
   return _shape_tree(getattr(meta, 'tree', meta))
 
 
@@ -253,7 +253,6 @@ def read_variable_shapes(path: str) -> dict[str, dict[str, tuple[int, ...]]]:
     raise
   except Exception as e:  # pylint: disable=broad-except  (orbax raises many kinds)
     detail = ' '.join(str(e).split())[:160] or type(e).__name__
-    errors.mute_other_threads()  # orbax's I/O threads may print after this (errors.py)
     raise CheckpointError(f'{src}: not a converted checkpoint or a training workdir '
                           f'({detail})') from None
   if not isinstance(tree, dict) or set(tree) - {'params', 'batch_stats'}:

@@ -13,11 +13,13 @@ errors too. This module imports nothing heavy (no JAX), so parsers can use it be
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import sys
 import threading
 import traceback
-from typing import Any, Callable, NoReturn, Optional
+from typing import Any, Callable, Iterator, NoReturn, Optional
 
 EXIT_USER_ERROR = 2  # a user mistake: one `error:` line, nothing written
 EXIT_PREEMPTED = 3   # training stopped on SIGTERM after saving; re-run the command to resume
@@ -75,17 +77,45 @@ class _MainThreadOnly:
     return getattr(self._stream, name)
 
 
-def mute_other_threads() -> None:
+def mute_other_threads() -> Callable[[], None]:
   """From now on, only the main thread's writes to sys.stdout/sys.stderr are shown.
 
-  Called once a checkpoint read has failed (the process then ends with a user error): the
-  checkpoint library's I/O threads may still finish reads after its event loop was closed and
-  print that loop's traceback at any moment, around or inside our one `error:` line.
+  For a process that is about to end with a user error: other threads (the checkpoint library's
+  I/O threads, see `quiet_if_it_fails`) must not print into or around its one `error:` line.
+  Returns a function that undoes this call (a no-op if the streams were already muted).
   """
+  saved = {}
   for name in ('stdout', 'stderr'):
     stream = getattr(sys, name)
     if stream is not None and not isinstance(stream, _MainThreadOnly):
-      setattr(sys, name, _MainThreadOnly(stream))
+      saved[name] = _MainThreadOnly(stream)
+      setattr(sys, name, saved[name])
+
+  def unmute() -> None:
+    for name, wrapper in saved.items():
+      if getattr(sys, name) is wrapper:  # unless someone replaced it since
+        setattr(sys, name, wrapper._stream)  # pylint: disable=protected-access
+  return unmute
+
+
+@contextlib.contextmanager
+def quiet_if_it_fails() -> Iterator[None]:
+  """Mutes other threads' output for the block, and for good if the block raises.
+
+  For checkpoint reads: when orbax fails on a damaged checkpoint, reads it started are still in
+  flight in tensorstore's threads, and when they finish after orbax has closed its event loop,
+  each prints that loop's traceback ('Event loop is closed') to stderr, during the failed call
+  and for a while after it, i.e. around and inside the one `error:` line the user gets; the
+  tasks it abandoned are later logged by asyncio as 'Task exception was never retrieved' (from
+  whichever thread collects them), so after a failure asyncio's log is silenced as well.
+  """
+  unmute = mute_other_threads()
+  try:
+    yield
+  except BaseException:
+    logging.getLogger('asyncio').setLevel(logging.CRITICAL)
+    raise  # and the streams stay muted
+  unmute()
 
 
 def report(e: BaseException) -> int:

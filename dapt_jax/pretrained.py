@@ -122,10 +122,10 @@ def load_converted(path: str | os.PathLike, workdir_checkpoint: str = 'best') ->
     return {c: dict(variables.get(c, {})) for c in COLLECTIONS}
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top  (slow to import)
   try:
-    restored = ocp.StandardCheckpointer().restore(src)
+    with errors.quiet_if_it_fails():
+      restored = ocp.StandardCheckpointer().restore(src)
   except Exception as e:  # pylint: disable=broad-except
     detail = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
-    errors.mute_other_threads()  # orbax's I/O threads may print after this (errors.py)
     raise PretrainedError(f'{src}: not a converted checkpoint ({detail})') from None
   if not isinstance(restored, Mapping) or set(restored) - set(COLLECTIONS):
     keys = sorted(restored) if isinstance(restored, Mapping) else type(restored).__name__

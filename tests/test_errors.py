@@ -62,16 +62,43 @@ errors.run_cli(body)
   assert (r.returncode, r.stderr) == (2, 'error: ckpt: not a converted checkpoint\n'), r.stderr
 
 
-def test_mute_other_threads_keeps_the_main_thread(monkeypatch, capsys):
+def _from_a_thread(text):
   import threading  # pylint: disable=g-import-not-at-top
-  monkeypatch.setattr(sys, 'stderr', sys.stderr)  # restored after the test
-  monkeypatch.setattr(sys, 'stdout', sys.stdout)
-  errors.mute_other_threads()
-  errors.mute_other_threads()  # idempotent: one wrapper
-  worker = threading.Thread(target=lambda: print('from a thread', file=sys.stderr, flush=True))
+  worker = threading.Thread(target=lambda: print(text, file=sys.stderr, flush=True))
   worker.start()
   worker.join()
+
+
+def test_mute_other_threads_keeps_the_main_thread_and_can_be_undone(monkeypatch, capsys):
+  monkeypatch.setattr(sys, 'stderr', sys.stderr)  # restored after the test
+  monkeypatch.setattr(sys, 'stdout', sys.stdout)
+  unmute = errors.mute_other_threads()
+  errors.mute_other_threads()()  # already muted: one wrapper, and its undo does nothing
+  _from_a_thread('dropped')
   print('from main', file=sys.stderr)
   print('out', flush=True)
+  unmute()
+  _from_a_thread('shown again')
   captured = capsys.readouterr()
-  assert captured.err == 'from main\n' and captured.out == 'out\n'
+  assert captured.err == 'from main\nshown again\n' and captured.out == 'out\n'
+
+
+def test_quiet_if_it_fails_restores_after_success_and_stays_quiet_after_a_failure(monkeypatch,
+                                                                                 capsys):
+  import logging  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(sys, 'stderr', sys.stderr)
+  monkeypatch.setattr(sys, 'stdout', sys.stdout)
+  asyncio_log = logging.getLogger('asyncio')
+  level = asyncio_log.level
+  with errors.quiet_if_it_fails():
+    _from_a_thread('during a read that works')
+  _from_a_thread('after it')
+  try:
+    with errors.quiet_if_it_fails():
+      raise ValueError('a damaged checkpoint')
+  except ValueError:
+    pass
+  _from_a_thread('after a failed read')
+  assert capsys.readouterr().err == 'after it\n'
+  assert asyncio_log.level == logging.CRITICAL  # its abandoned tasks are not logged either
+  asyncio_log.setLevel(level)
