@@ -73,6 +73,10 @@ class _MainThreadOnly:
       return self._stream.write(text)
     return len(text)
 
+  def writelines(self, lines) -> None:
+    for line in lines:
+      self.write(line)
+
   def __getattr__(self, name: str) -> Any:  # flush, fileno, encoding, isatty, ...
     return getattr(self._stream, name)
 

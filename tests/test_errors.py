@@ -70,11 +70,15 @@ def _from_a_thread(text):
 
 
 def test_mute_other_threads_keeps_the_main_thread_and_can_be_undone(monkeypatch, capsys):
+  import threading  # pylint: disable=g-import-not-at-top
   monkeypatch.setattr(sys, 'stderr', sys.stderr)  # restored after the test
   monkeypatch.setattr(sys, 'stdout', sys.stdout)
   unmute = errors.mute_other_threads()
   errors.mute_other_threads()()  # already muted: one wrapper, and its undo does nothing
   _from_a_thread('dropped')
+  worker = threading.Thread(target=lambda: sys.stderr.writelines(['also dropped\n']))
+  worker.start()
+  worker.join()
   print('from main', file=sys.stderr)
   print('out', flush=True)
   unmute()
