@@ -121,10 +121,10 @@ def main(argv):
         if figure:
           print(f'wrote {figure} (test shapes coloured by predicted parts)')
     elif FLAGS.mode == 'summary':
-      from dapt_jax.peft import summary as summary_lib  # pylint: disable=g-import-not-at-top
+      from dapt_jax import summary as summary_lib  # pylint: disable=g-import-not-at-top
       print(summary_lib.summarize(config))
     elif FLAGS.mode == 'tsne':
-      from dapt_jax.peft import tsne  # pylint: disable=g-import-not-at-top
+      from dapt_jax import tsne  # pylint: disable=g-import-not-at-top
       r = tsne.run(config, FLAGS.workdir)
       print(f"t-SNE of {r['num_samples']} {r['split']} clouds ({r['feature_dim']}-D head input) "
             f"of {r['checkpoint']}; wrote {r['png']} and {r['npy']}")

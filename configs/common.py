@@ -31,7 +31,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.freeze_bn_stats = False  # True: frozen encoder BatchNorm uses running stats (release: False)
   c.model.dtype = 'float32'       # float32 or bfloat16 compute (params float32); float64: checks, JAX_ENABLE_X64=1
   c.model.remat = False           # recompute block activations in the backward pass (saves memory)
-  c.model.peft = 'dapt'           # method: dapt|full|linear|vpt_deep|idpt|pointgst|lora|adapter (dapt_jax/peft)
+  c.model.peft = 'dapt'           # method: dapt|full|linear|vpt_deep|idpt|pointgst|lora|adapter (dapt_jax/models/peft)
   c.model.vpt_prompts = 10        # vpt_deep: prompts per block
   c.model.idpt_prompt_layer = -1  # idpt: block its prompt is inserted before (-1: the last)
   c.model.idpt_k = 20             # idpt: neighbours per token in the EdgeConv graph

@@ -39,7 +39,7 @@ categories (the one-hot the head is conditioned on).
 """
 from configs import common
 from dapt_jax import partition
-from dapt_jax import segmentation_model
+from dapt_jax.models import segmenter
 
 VARIANTS = ('dapt', 'full', 'pointmae', 'synthetic')
 
@@ -64,7 +64,7 @@ def get_config(arg=None):
   m.propagation_dims = (1536, 1024)  # feature-propagation MLP widths
   m.head_dims = (512, 256)        # per-point head widths before the part logits
   m.head_dropout_rate = 0.5       # dropout after the head's first layer
-  c.partition_rules = segmentation_model.DAPT_SEG_RULES
+  c.partition_rules = segmenter.DAPT_SEG_RULES
 
   c.data.name = 'shapenet_part'
   c.data.data_dir = 'data/shapenetcore_partanno_segmentation_benchmark_v0_normal'

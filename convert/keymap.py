@@ -30,7 +30,7 @@ BACKBONE = 'backbone'    # the frozen Point-MAE encoder: every pre-training layo
 CLS = 'cls'              # cls_token, cls_pos: some pre-training checkpoints have them
 DAPT = 'dapt'            # scale-shifts and adapters: only in a DAPT fine-tuned checkpoint
 HEAD = 'head'            # the classification head: only in a fine-tuned checkpoint
-PEFT = 'peft'            # another PEFT method's additions (dapt_jax/peft): only fine-tuned
+PEFT = 'peft'            # another PEFT method's additions (dapt_jax/models/peft): only fine-tuned
 
 # (Flax module path, PyTorch module prefix, kind, part). For SCALE_SHIFT the PyTorch column is
 # the parent prefix plus the pair's number, joined as `{prefix}tfts_{gamma|beta}_{n}`.
@@ -91,7 +91,7 @@ _LEAVES = {
 _CONV_TAIL = {CONV1D: 1, CONV1D_NO_BIAS: 1, CONV2D_NO_BIAS: 2}  # trailing kernel-size axes
 
 # ---------------------------------------------------------------------------------------------
-# The other PEFT methods (dapt_jax/peft) with a public release: Point-MAE's classifier layout
+# The other PEFT methods (dapt_jax/models/peft) with a public release: Point-MAE's classifier layout
 # (the IDPT and PointGST releases are Point-MAE forks), plus each method's additions. In each
 # release's state-dict order: a model's own parameters, then encoder, pos_embed, blocks, norm,
 # head; a Point-MAE block registers norm1, norm2, mlp, attn (SPEC §6.5).
@@ -274,7 +274,7 @@ def block_index(torch_key: str) -> int | None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Point-MAE's pre-training model (dapt_jax.mae.MaskedAutoencoder) ⇄ its checkpoint's keys
+# Point-MAE's pre-training model (dapt_jax.models.mae.MaskedAutoencoder) ⇄ its checkpoint's keys
 # (SPEC §6.5). The encoder rows are the classifier's backbone rows under `MAE_encoder.`; the
 # decoder side exists only here. Rows are in the checkpoint's order (own parameter first, then
 # MAE_encoder, decoder_pos_embed, MAE_decoder, increase_dim; per block norm1, norm2, mlp, attn).
@@ -339,7 +339,7 @@ def mae_entries_for_variables(variables: Mapping[str, Mapping]) -> list[Entry]:
 
 
 # ---------------------------------------------------------------------------------------------
-# The part-segmentation network (dapt_jax.segmentation_model.PartSegmenter) ⇄ Point-MAE's
+# The part-segmentation network (dapt_jax.segmenter.PartSegmenter) ⇄ Point-MAE's
 # segmentation checkpoint keys (`model_state_dict`, SPEC §8.5), in that checkpoint's order:
 # encoder, pos_embed, blocks, norm, label_conv, propagation_0, convs1..3, bns1..2. With DAPT the
 # classifier's DAPT rows (patch and final scale-shifts, class token and position, the DAPT blocks)

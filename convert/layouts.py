@@ -94,7 +94,7 @@ BACKBONE_IGNORE = (
 )
 DAPT_IGNORE = (_COUNTER,)
 
-# Fine-tuned checkpoints of the other PEFT releases (dapt_jax/peft), told apart by their own keys.
+# Fine-tuned checkpoints of the other PEFT releases (dapt_jax/models/peft), told apart by their own keys.
 _IDPT_ONLY = re.compile(r'^blocks\.cls\.|^prompt_pos$')
 _POINTGST_ONLY = re.compile(r'\.gft_adapter\.')
 _VPT_ONLY = re.compile(r'^cls_prompt(_pos)?_list\.')

@@ -36,7 +36,7 @@ def load_config(spec: str) -> Any:
 
 def model_fields(cfg: Any) -> dict[str, Any]:
   """A config's `model` section (or a mapping of model fields) as a plain JSON-able dict."""
-  from dapt_jax import model as model_lib  # pylint: disable=g-import-not-at-top
+  from dapt_jax.models import classifier as model_lib  # pylint: disable=g-import-not-at-top
   section = cfg.model if hasattr(cfg, 'model') else cfg
   out = {}
   for field in model_lib.MODEL_FIELDS:
@@ -45,8 +45,8 @@ def model_fields(cfg: Any) -> dict[str, Any]:
     except (KeyError, AttributeError):
       raise ConvertError(f'the config has no model.{field}') from None
     out[field] = list(value) if isinstance(value, (tuple, list)) else value
-  # The PEFT method and its settings (dapt_jax/peft), where the config has them.
-  from dapt_jax import peft  # pylint: disable=g-import-not-at-top
+  # The PEFT method and its settings (dapt_jax/models/peft), where the config has them.
+  from dapt_jax.models import peft  # pylint: disable=g-import-not-at-top
   for field in ('peft',) + peft.OPTION_FIELDS:
     try:
       out[field] = section[field] if isinstance(section, Mapping) else getattr(section, field)
@@ -138,7 +138,7 @@ def infer_model_fields(tensors: Mapping[str, np.ndarray], base: Mapping[str, Any
 def variable_shapes(fields: Mapping[str, Any]) -> dict[str, dict]:
   """{'params', 'batch_stats'} of jax.ShapeDtypeStruct for the model `fields` describe."""
   import jax  # pylint: disable=g-import-not-at-top
-  from dapt_jax import model as model_lib  # pylint: disable=g-import-not-at-top
+  from dapt_jax.models import classifier as model_lib  # pylint: disable=g-import-not-at-top
   try:
     net = model_lib.build_model(fields)
   except ValueError as e:
@@ -168,7 +168,7 @@ def is_pretrain_config(cfg: Any) -> bool:
 
 def mae_model_fields(cfg: Any) -> dict[str, Any]:
   """A pre-training config's `model` section (or a mapping of its fields) as a JSON-able dict."""
-  from dapt_jax import mae  # pylint: disable=g-import-not-at-top
+  from dapt_jax.models import mae  # pylint: disable=g-import-not-at-top
   section = _field(cfg, 'model')
   section = cfg if section is None else section
   out = {}
@@ -184,7 +184,7 @@ def mae_model_fields(cfg: Any) -> dict[str, Any]:
 def mae_variable_shapes(fields: Mapping[str, Any]) -> dict[str, dict]:
   """{'params', 'batch_stats'} of jax.ShapeDtypeStruct for the autoencoder `fields` describe."""
   import jax  # pylint: disable=g-import-not-at-top
-  from dapt_jax import mae  # pylint: disable=g-import-not-at-top
+  from dapt_jax.models import mae  # pylint: disable=g-import-not-at-top
   try:
     net = mae.build_model(fields)
   except ValueError as e:
@@ -212,11 +212,11 @@ def is_segmentation_config(cfg: Any) -> bool:
 
 def seg_model_fields(cfg: Any) -> dict[str, Any]:
   """A segmentation config's `model` section (or a mapping of its fields) as a JSON-able dict."""
-  from dapt_jax import segmentation_model  # pylint: disable=g-import-not-at-top
+  from dapt_jax.models import segmenter  # pylint: disable=g-import-not-at-top
   section = _field(cfg, 'model')
   section = cfg if section is None else section
   try:
-    return segmentation_model.model_fields(section)
+    return segmenter.model_fields(section)
   except ValueError as e:
     raise ConvertError(f'the segmentation config: {e}') from None
 
@@ -235,12 +235,12 @@ def seg_variable_shapes(fields: Mapping[str, Any]) -> dict[str, dict]:
   """{'params', 'batch_stats'} of jax.ShapeDtypeStruct for the segmentation network `fields`
   describe."""
   import jax  # pylint: disable=g-import-not-at-top
-  from dapt_jax import segmentation_model  # pylint: disable=g-import-not-at-top
+  from dapt_jax.models import segmenter  # pylint: disable=g-import-not-at-top
   try:
-    net = segmentation_model.build_model(fields)
+    net = segmenter.build_model(fields)
   except ValueError as e:
     raise ConvertError(f'config: {e}') from None
   num_points = max(net.num_group, net.group_size)
   return jax.eval_shape(
-      lambda k: segmentation_model.init_variables(net, k, num_points=num_points),
+      lambda k: segmenter.init_variables(net, k, num_points=num_points),
       jax.random.key(0))

@@ -153,7 +153,7 @@ def merge_pretrained(variables: Mapping[str, Mapping],
   unknown = sorted(set(loaded) - set(COLLECTIONS))
   if unknown:
     raise PretrainedError(f'converted checkpoint has an unknown collection {unknown[0]!r}')
-  from dapt_jax import mae  # pylint: disable=g-import-not-at-top
+  from dapt_jax.models import mae  # pylint: disable=g-import-not-at-top
   merged, loaded_names, fresh_names, ignored_names = {}, [], [], []
   for collection in sorted(set(variables) | set(COLLECTIONS)):
     target = partition.flatten(variables.get(collection, {}))

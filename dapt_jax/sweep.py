@@ -100,7 +100,7 @@ def _fold_applies(config) -> Optional[str]:
 
 def parse_methods(text: str) -> list[str]:
   """'dapt,full,idpt' → the PEFT methods (config.model.peft), in the order given, once each."""
-  from dapt_jax import peft  # pylint: disable=g-import-not-at-top  (no JAX)
+  from dapt_jax.models import peft  # pylint: disable=g-import-not-at-top  (no JAX)
   values = [v.strip() for v in str(text).split(',')]
   bad = [v for v in values if v not in peft.METHODS]
   if bad:
@@ -325,9 +325,9 @@ PUBLISHED_METHODS = {
 
 def parameter_counts(config, methods: Sequence[str]) -> dict[str, dict[str, int]]:
   """{method: {'trainable', 'total'}} of the config's model with each method (shapes only)."""
-  from dapt_jax import model as model_lib  # pylint: disable=g-import-not-at-top  (pulls in JAX)
+  from dapt_jax.models import classifier as model_lib  # pylint: disable=g-import-not-at-top  (pulls in JAX)
   from dapt_jax import partition  # pylint: disable=g-import-not-at-top
-  from dapt_jax.peft import summary as summary_lib  # pylint: disable=g-import-not-at-top
+  from dapt_jax import summary as summary_lib  # pylint: disable=g-import-not-at-top
   out = {}
   for method in methods:
     cfg = config.copy_and_resolve_references()

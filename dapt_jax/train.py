@@ -23,7 +23,7 @@ from dapt_jax import checkpoints as ckpt_lib
 from dapt_jax import data as data_lib
 from dapt_jax import errors
 from dapt_jax import evaluate as eval_lib
-from dapt_jax import model as model_lib
+from dapt_jax.models import classifier as model_lib
 from dapt_jax import optim
 from dapt_jax import partition
 from dapt_jax import pretrained

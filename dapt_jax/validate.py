@@ -192,7 +192,7 @@ def _top_level(config, ctx: Context) -> None:
 @register('model')
 def _model(config, ctx: Context) -> None:
   del ctx
-  from dapt_jax import model as model_lib  # pylint: disable=g-import-not-at-top
+  from dapt_jax.models import classifier as model_lib  # pylint: disable=g-import-not-at-top
   if config.get('task', 'classification') != 'classification':
     _task_model(config)
     return
@@ -397,7 +397,7 @@ def _model_shapes(config, ctx: Context) -> None:
     raise ConfigError(f'config.init_from={init_from!r}: {what} (make a converted checkpoint '
                       'with python -m convert, or give a training --workdir)')
   from dapt_jax import checkpoints  # pylint: disable=g-import-not-at-top  (orbax: slow import)
-  from dapt_jax import mae  # pylint: disable=g-import-not-at-top
+  from dapt_jax.models import mae  # pylint: disable=g-import-not-at-top
   found = checkpoints.read_variable_shapes(path)
   for collection in ('params', 'batch_stats'):
     model, saved = shapes.get(collection, {}), found.get(collection, {})

@@ -26,7 +26,7 @@ from convert import pth_reader  # noqa: E402
 from convert.__main__ import main  # noqa: E402
 from convert.errors import ConvertError  # noqa: E402
 from convert.errors import UnsafeCheckpointError  # noqa: E402
-from dapt_jax import model as model_lib  # noqa: E402
+from dapt_jax.models import classifier as model_lib  # noqa: E402
 from dapt_jax import partition  # noqa: E402
 from dapt_jax import pretrained  # noqa: E402
 from tests import release_weights  # noqa: E402

@@ -15,7 +15,7 @@ torch = pytest.importorskip('torch')
 from convert import __main__ as convert_cli  # noqa: E402
 from dapt_jax import partition  # noqa: E402
 from dapt_jax import pretrained  # noqa: E402
-from dapt_jax import segmentation_model as S  # noqa: E402
+from dapt_jax.models import segmenter as S  # noqa: E402
 from tests import torch_reference as R  # noqa: E402
 from tests import torch_reference_seg as RS  # noqa: E402
 

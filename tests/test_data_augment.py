@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from dapt_jax.data import augment
-from dapt_jax.tokenizer import farthest_point_sample
+from dapt_jax.models.tokenizer import farthest_point_sample
 
 
 def _clouds(b, p, seed=0):

@@ -4,9 +4,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dapt_jax import fps_pallas
-from dapt_jax import model as model_lib
-from dapt_jax import tokenizer
+from dapt_jax.models import fps_pallas
+from dapt_jax.models import classifier as model_lib
+from dapt_jax.models import tokenizer
 from dapt_jax.data import augment
 
 

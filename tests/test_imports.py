@@ -23,12 +23,12 @@ def _run(names, body):
 
 
 def test_library_imports_without_torch():
-  r = _run(['torch'], 'import dapt_jax.model, dapt_jax.train, dapt_jax.pretrained, '
+  r = _run(['torch'], 'import dapt_jax.models.classifier, dapt_jax.train, dapt_jax.pretrained, '
                       'dapt_jax.bench, main; print("ok")')
   assert r.returncode == 0 and r.stdout.strip().endswith('ok'), r.stderr[-2000:]
 
 
 def test_model_and_steps_import_without_data_stack():
   r = _run(['torch', 'tensorflow_datasets', 'grain', 'array_record', 'h5py'],
-           'import dapt_jax.model, dapt_jax.steps, dapt_jax.optim, dapt_jax.partition; print("ok")')
+           'import dapt_jax.models.classifier, dapt_jax.steps, dapt_jax.optim, dapt_jax.partition; print("ok")')
   assert r.returncode == 0 and r.stdout.strip().endswith('ok'), r.stderr[-2000:]

@@ -1,4 +1,4 @@
-"""The masked autoencoder (dapt_jax.mae) against SPEC §6 and the independent PyTorch reference
+"""The masked autoencoder (dapt_jax.models.mae) against SPEC §6 and the independent PyTorch reference
 (tests/torch_reference_mae.py).
 
 Parity runs in float64 on both sides (JAX with x64 switched on by a fixture that restores the
@@ -17,8 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dapt_jax import mae
-from dapt_jax import model as model_lib
+from dapt_jax.models import mae
+from dapt_jax.models import classifier as model_lib
 from dapt_jax import partition
 from dapt_jax import pretrained
 

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from dapt_jax import transformer
+from dapt_jax.models import transformer
 
 
 def _np_block(p, x, num_heads):

@@ -15,7 +15,7 @@ import numpy as np
 import optax
 import pytest
 
-from dapt_jax import model as model_lib
+from dapt_jax.models import classifier as model_lib
 from dapt_jax import partition
 
 # (config file, variant) → (trainable, total) from SPEC §4.

@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from dapt_jax import model as model_lib
+from dapt_jax.models import classifier as model_lib
 from dapt_jax import optim
 from dapt_jax import partition
 from tests.test_model import TINY

@@ -2,7 +2,7 @@
 import jax
 import pytest
 
-from dapt_jax import model as model_lib
+from dapt_jax.models import classifier as model_lib
 from dapt_jax import partition
 from tests.test_model import TINY
 

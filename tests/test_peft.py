@@ -1,4 +1,4 @@
-"""PEFT methods beside DAPT (dapt_jax/peft): SPEC §9's trainable counts for PB-T50-RS, the
+"""PEFT methods beside DAPT (dapt_jax/models/peft): SPEC §9's trainable counts for PB-T50-RS, the
 partition rules, zero-initialised additions that start from the backbone's function, and
 config errors. Numerical fidelity against PyTorch references: tests/test_peft_parity.py."""
 import importlib
@@ -12,10 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dapt_jax import model as model_lib
+from dapt_jax.models import classifier as model_lib
 from dapt_jax import partition
-from dapt_jax import peft
-from dapt_jax.peft import summary as summary_lib
+from dapt_jax.models import peft
+from dapt_jax import summary as summary_lib
 
 # SPEC §9 (ScanObjectNN PB-T50-RS, 15 classes): trainable parameters. LoRA and the adapter are
 # the project's designs; their counts follow from README's formulas (checked below too).
@@ -158,7 +158,7 @@ def test_position_embedding_before_every_block_except_dapt():
   flat = {p: (jnp.zeros_like(v) if p.startswith('blocks_') and ('/proj/' in p or '/fc2/' in p)
               else v) for p, v in flat.items()}
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
-  from dapt_jax import tokenizer  # pylint: disable=g-import-not-at-top
+  from dapt_jax.models import tokenizer  # pylint: disable=g-import-not-at-top
 
   @jax.jit
   def run(variables, pts):
@@ -238,7 +238,7 @@ def test_main_summary_mode_needs_no_data_or_workdir():
 @pytest.mark.parametrize('method,pieces', [('dapt', 2), ('idpt', 3)])
 def test_tsne_features_are_what_the_head_reads(method, pieces):
   """--mode=tsne embeds the head's input: the head applied to it gives the model's logits."""
-  from dapt_jax.peft import tsne  # pylint: disable=g-import-not-at-top
+  from dapt_jax import tsne  # pylint: disable=g-import-not-at-top
   net = model_lib.build_model(dict(TINY, peft=method))
   variables = model_lib.init_variables(net, jax.random.PRNGKey(4), 64)
   pts = np.random.default_rng(3).normal(size=(3, 64, 3)).astype(np.float32)

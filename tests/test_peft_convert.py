@@ -1,5 +1,5 @@
 """python -m convert on the other PEFT releases' fine-tuned checkpoints (IDPT, PointGST, and
-VPT-deep from the IDPT release): recognised by their keys, converted onto dapt_jax/peft's models
+VPT-deep from the IDPT release): recognised by their keys, converted onto dapt_jax/models/peft's models
 (logits of the converted model against the PyTorch reference, float32: ≤ 1e-4 absolute, as
 tests/test_model.py), and written back bit-exactly, the release's duplicate BatchNorm keys
 included; plus the errors a user can make."""
@@ -11,7 +11,7 @@ import pytest
 
 torch = pytest.importorskip('torch')
 
-from dapt_jax import model as model_lib  # noqa: E402
+from dapt_jax.models import classifier as model_lib  # noqa: E402
 from dapt_jax import pretrained  # noqa: E402
 from tests import torch_reference as R  # noqa: E402
 from tests import torch_reference_idpt as RI  # noqa: E402

@@ -1,4 +1,4 @@
-"""Fidelity of the published baselines: dapt_jax/peft against independent PyTorch references
+"""Fidelity of the published baselines: dapt_jax/models/peft against independent PyTorch references
 (tests/torch_reference_idpt.py, tests/torch_reference_pointgst.py), in float64 on both sides
 (JAX with x64 enabled for these tests only).
 
@@ -19,7 +19,7 @@ import numpy as np
 import optax
 import pytest
 
-from dapt_jax import model as model_lib
+from dapt_jax.models import classifier as model_lib
 from dapt_jax import partition
 
 torch = pytest.importorskip('torch')

@@ -80,7 +80,7 @@ def check_tsne_outputs(workdir, feature_dim):
 
 
 def check_tsne_in_process(config, workdir):
-  from dapt_jax.peft import tsne  # pylint: disable=g-import-not-at-top
+  from dapt_jax import tsne  # pylint: disable=g-import-not-at-top
   r = tsne.run(config, workdir)
   assert (r['num_samples'], r['feature_dim'], r['split']) == (12, 2 * 32, 'test')
   assert 'best checkpoint' in r['checkpoint']

@@ -17,7 +17,7 @@ import pytest
 
 from configs import pretrain_shapenet
 from dapt_jax import checkpoints as ckpt_lib
-from dapt_jax import mae
+from dapt_jax.models import mae
 from dapt_jax import optim
 from dapt_jax import partition
 from dapt_jax import reporting

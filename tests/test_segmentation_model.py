@@ -1,4 +1,4 @@
-"""The segmentation network (dapt_jax/segmentation_model.py): parameter counts (SPEC §8.2, §8.6)
+"""The segmentation network (dapt_jax/models/segmenter.py): parameter counts (SPEC §8.2, §8.6)
 and float64 parity with the independent PyTorch reference (tests/torch_reference_seg.py).
 
 Parity runs both sides in float64 (JAX with x64 enabled inside a fixture that restores the flag)
@@ -15,7 +15,7 @@ import optax
 import pytest
 
 from dapt_jax import partition
-from dapt_jax import segmentation_model as S
+from dapt_jax.models import segmenter as S
 
 # SPEC §8.2 / §8.6 at full size: backbone 21,825,024 + head 5,238,706; DAPT (r = 32) adds
 # 12 · (1,537 + 769 · 32) + 112,128 + 768.

@@ -3,7 +3,7 @@ import numpy as np
 import jax
 import jax.numpy as jnp
 
-from dapt_jax import tokenizer
+from dapt_jax.models import tokenizer
 
 
 def numpy_fps(points: np.ndarray, num: int) -> np.ndarray:

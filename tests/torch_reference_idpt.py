@@ -1,7 +1,7 @@
 """Independent PyTorch references of Point-MAE's classifier (full fine-tuning / linear probing),
 VPT-deep and IDPT, written from /work/shared/SPEC.md §9 and the IDPT paper (ICCV 2023).
 
-The numerical oracle for dapt_jax/peft (tests/test_peft_parity.py). Plain, explicit arithmetic;
+The numerical oracle for dapt_jax/models/peft (tests/test_peft_parity.py). Plain, explicit arithmetic;
 every model computes in whatever dtype its parameters have (float64 in the parity tests).
 State-dict keys follow the releases' layouts (the IDPT release is a Point-MAE fork), so a state
 dict of these models is what a released fine-tuned checkpoint's `base_model` holds, up to the

@@ -2,7 +2,7 @@
 
 Written from ``/work/shared/SPEC.md`` §6.2–6.5 (not from the Flax code), reusing the grouping, the
 patch encoder and DropPath of ``tests/torch_reference.py``. It is the numerical oracle for
-``dapt_jax.mae`` (forward, loss and gradients in float64) and for the converter's Point-MAE
+``dapt_jax.models.mae`` (forward, loss and gradients in float64) and for the converter's Point-MAE
 export: ``TorchPointMAE().state_dict()`` has exactly the 209-entry key layout of a Point-MAE
 pre-training checkpoint's ``base_model`` (SPEC §6.5), in the same order, so an exported
 ``{'base_model': sd}`` must load into it with ``load_state_dict(..., strict=True)``.

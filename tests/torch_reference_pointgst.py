@@ -1,7 +1,7 @@
 """Independent PyTorch reference of PointGST (Point Cloud Spectral Adapter in every block),
 written from /work/shared/SPEC.md §9 and the PointGST paper.
 
-The numerical oracle for dapt_jax/peft/pointgst.py (tests/test_peft_parity.py). State-dict keys
+The numerical oracle for dapt_jax/models/peft/pointgst.py (tests/test_peft_parity.py). State-dict keys
 follow the release's layout (`blocks.blocks.{i}.gft_adapter.*`).
 
 The two determinism choices dapt-jax documents are made here too, so both sides compute the same

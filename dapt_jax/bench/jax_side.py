@@ -158,11 +158,11 @@ def measure(spec: dict) -> dict:
   """Runs one spec; returns the record (see runner.RECORD_FIELDS)."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from dapt_jax import model as model_lib  # pylint: disable=g-import-not-at-top
+  from dapt_jax.models import classifier as model_lib  # pylint: disable=g-import-not-at-top
   from dapt_jax import optim  # pylint: disable=g-import-not-at-top
   from dapt_jax import partition  # pylint: disable=g-import-not-at-top
   from dapt_jax import steps  # pylint: disable=g-import-not-at-top
-  from dapt_jax import tokenizer  # pylint: disable=g-import-not-at-top
+  from dapt_jax.models import tokenizer  # pylint: disable=g-import-not-at-top
   from dapt_jax.data import augment  # pylint: disable=g-import-not-at-top
 
   baseline = memory.peak_rss_bytes()

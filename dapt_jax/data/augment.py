@@ -1,7 +1,7 @@
 """On-device input transforms (SPEC §4): pure JAX, jit-able, explicit keys, no loops over points.
 
 These run inside the per-device step on that device's batch. FPS follows the release kernel's rules
-(`dapt_jax.tokenizer.farthest_point_sample`). This module imports neither TFDS nor grain.
+(`dapt_jax.models.tokenizer.farthest_point_sample`). This module imports neither TFDS nor grain.
 
   train_view      FPS to min(point_all, P), random subset of num_points (random order), scale+shift
   eval_view       FPS to num_points, nothing random (also the training view with augment=False)
@@ -13,8 +13,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from dapt_jax.tokenizer import fps
-from dapt_jax.tokenizer import gather_points
+from dapt_jax.models.tokenizer import fps
+from dapt_jax.models.tokenizer import gather_points
 
 Array = jax.Array
 

@@ -5,7 +5,7 @@ raw 10,000-point shape down to 8,192 points; at read time the xyz are centred an
 sphere. We do the same, batched and jitted instead of a NumPy loop per point.
 
 The FPS here is the plain algorithm the release's NumPy cache code used (no skipping of points near
-the origin — that rule belongs to the CUDA kernel used on-device, see `dapt_jax.tokenizer`), except
+the origin — that rule belongs to the CUDA kernel used on-device, see `dapt_jax.models.tokenizer`), except
 that it starts from index 0 instead of a random index, so the prepared data is deterministic.
 """
 from __future__ import annotations

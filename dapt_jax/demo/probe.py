@@ -32,7 +32,7 @@ def feature_fn(net, num_points: int):
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from dapt_jax.data import augment  # pylint: disable=g-import-not-at-top
-  from dapt_jax.peft import tsne  # pylint: disable=g-import-not-at-top
+  from dapt_jax import tsne  # pylint: disable=g-import-not-at-top
 
   fn = jax.jit(lambda v, p: tsne.head_input(net, v, augment.eval_view(p, num_points)))
 
@@ -56,7 +56,7 @@ def probe(backbones: Sequence[Optional[str]], pose: str = 'so3',
   """[(name, test accuracy)] for each backbone (None: randomly initialised with `seed`)."""
   import jax  # pylint: disable=g-import-not-at-top
   from configs import synthetic as synthetic_config  # pylint: disable=g-import-not-at-top
-  from dapt_jax import model as model_lib  # pylint: disable=g-import-not-at-top
+  from dapt_jax.models import classifier as model_lib  # pylint: disable=g-import-not-at-top
   from dapt_jax import pretrained  # pylint: disable=g-import-not-at-top
   from dapt_jax.data import synthetic  # pylint: disable=g-import-not-at-top
 

@@ -14,7 +14,7 @@ import numpy as np
 import optax
 
 from dapt_jax import evaluate as eval_lib
-from dapt_jax import model as model_lib
+from dapt_jax.models import classifier as model_lib
 from dapt_jax import steps
 from dapt_jax.data import augment
 from dapt_jax.tasks import base

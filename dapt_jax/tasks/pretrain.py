@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dapt_jax import mae
+from dapt_jax.models import mae
 from dapt_jax import steps
 from dapt_jax.data import augment
 from dapt_jax.tasks import base

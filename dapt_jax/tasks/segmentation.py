@@ -33,7 +33,7 @@ import numpy as np
 import optax
 
 from dapt_jax import segmentation_metrics as metrics_lib
-from dapt_jax import segmentation_model as model_lib
+from dapt_jax.models import segmenter as model_lib
 from dapt_jax import steps
 from dapt_jax.data import part_source
 from dapt_jax.tasks import base

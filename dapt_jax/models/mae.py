@@ -25,9 +25,9 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from dapt_jax import errors
-from dapt_jax import layers
-from dapt_jax import tokenizer
-from dapt_jax import transformer
+from dapt_jax.models import layers
+from dapt_jax.models import tokenizer
+from dapt_jax.models import transformer
 
 Array = jax.Array
 

@@ -15,16 +15,16 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from dapt_jax import layers
-from dapt_jax import model as model_lib
-from dapt_jax import tokenizer
-from dapt_jax import transformer
-from dapt_jax.peft import Options
-from dapt_jax.peft import adapter
-from dapt_jax.peft import idpt
-from dapt_jax.peft import lora
-from dapt_jax.peft import pointgst
-from dapt_jax.peft import vpt
+from dapt_jax.models import layers
+from dapt_jax.models import classifier as model_lib
+from dapt_jax.models import tokenizer
+from dapt_jax.models import transformer
+from dapt_jax.models.peft import Options
+from dapt_jax.models.peft import adapter
+from dapt_jax.models.peft import idpt
+from dapt_jax.models.peft import lora
+from dapt_jax.models.peft import pointgst
+from dapt_jax.models.peft import vpt
 
 Array = jax.Array
 
@@ -32,7 +32,7 @@ Array = jax.Array
 class PEFTClassifier(nn.Module):
   """Point-MAE ViT-S encoder with the additions of `method`, and a classification head.
 
-  Attributes: `method` (see dapt_jax.peft.METHODS) and its `options`; the rest as
+  Attributes: `method` (see dapt_jax.models.peft.METHODS) and its `options`; the rest as
   model.DAPTClassifier (no adapter rank, adapter dropout or head-token choice: each method has
   its release's head input).
   """

@@ -8,9 +8,9 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from dapt_jax import errors
-from dapt_jax import layers
-from dapt_jax import tokenizer
-from dapt_jax import transformer
+from dapt_jax.models import layers
+from dapt_jax.models import tokenizer
+from dapt_jax.models import transformer
 
 Array = jax.Array
 
@@ -235,7 +235,7 @@ def build_model(cfg: Any, axis_name: Optional[str] = None) -> DAPTClassifier:
   # Keep the tokens in the order the head concatenates them, whatever order the config lists.
   head_tokens = tuple(t for t in HEAD_TOKENS if t in head_tokens)
   if optional['peft'] != 'dapt':  # the other PEFT methods, on Point-MAE's plain backbone
-    from dapt_jax import peft  # pylint: disable=g-import-not-at-top
+    from dapt_jax.models import peft  # pylint: disable=g-import-not-at-top
     return peft.build_classifier(
         cfg, optional['peft'], axis_name=axis_name, trans_dim=v['trans_dim'], depth=v['depth'],
         num_heads=v['num_heads'], mlp_ratio=float(v['mlp_ratio']), num_group=v['num_group'],

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 from jax.ad_checkpoint import checkpoint_name
 
-from dapt_jax import layers
+from dapt_jax.models import layers
 
 Array = jax.Array
 
@@ -36,7 +36,7 @@ class Attention(nn.Module):
   `scale_shift=False` drops the scale-shifts (Point-MAE's plain attention); `kernel_init` is the
   qkv/proj kernel initialiser (Point-MAE's decoder uses Xavier-uniform). `dense`, when given,
   makes the qkv and proj layers instead of nn.Dense, with `_dense`'s signature (LoRA uses it to
-  add its low-rank update; dapt_jax/peft/lora.py).
+  add its low-rank update; dapt_jax/models/peft/lora.py).
   """
   num_heads: int
   dtype: Any = jnp.float32

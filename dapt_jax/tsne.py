@@ -21,7 +21,7 @@ import numpy as np
 from flax import linen as nn
 
 from dapt_jax import errors
-from dapt_jax import model as model_lib
+from dapt_jax.models import classifier as model_lib
 from dapt_jax.data import augment
 from dapt_jax.tasks import classification
 

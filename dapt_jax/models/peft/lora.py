@@ -17,8 +17,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from dapt_jax import layers
-from dapt_jax import transformer
+from dapt_jax.models import layers
+from dapt_jax.models import transformer
 
 Array = jax.Array
 

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from dapt_jax import layers
+from dapt_jax.models import layers
 
 Array = jax.Array
 

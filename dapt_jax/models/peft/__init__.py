@@ -1,6 +1,6 @@
 """Parameter-efficient fine-tuning methods beside DAPT, on Point-MAE's plain backbone (SPEC §9).
 
-`config.model.peft` picks one; `model.build_model` builds DAPT itself (`dapt_jax/model.py`) and
+`config.model.peft` picks one; `model.build_model` builds DAPT itself (`dapt_jax/models/classifier.py`) and
 hands every other method to `build_classifier` here. Each method's additions live in their own
 module; `classifier.PEFTClassifier` composes them with the backbone; which parameters train is
 data, `partition.METHOD_RULES[method]`.
@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping, Optional
 
-# Every method `config.model.peft` accepts; 'dapt' is built by dapt_jax/model.py.
+# Every method `config.model.peft` accepts; 'dapt' is built by dapt_jax/models/classifier.py.
 METHODS = ('dapt', 'full', 'linear', 'vpt_deep', 'idpt', 'pointgst', 'lora', 'adapter')
 
 
@@ -54,7 +54,7 @@ def options_from_config(cfg: Any) -> Options:
 
 def validate(method: str, options: Options, num_group: int, depth: int) -> None:
   """Raises model.ModelConfigError naming the field when `options` cannot build `method`."""
-  from dapt_jax.model import ModelConfigError  # pylint: disable=g-import-not-at-top
+  from dapt_jax.models.classifier import ModelConfigError  # pylint: disable=g-import-not-at-top
   if method not in METHODS:
     raise ModelConfigError(f'model.peft={method!r}: must be one of {", ".join(METHODS)}')
 
@@ -98,7 +98,7 @@ def build_classifier(cfg: Any, method: str, axis_name: Optional[str] = None, **b
     axis_name: the device axis inside pmap / shard_map (synchronised BatchNorm statistics).
     **backbone: the shared fields `model.build_model` validated (trans_dim, depth, ...).
   """
-  from dapt_jax.peft import classifier  # pylint: disable=g-import-not-at-top
+  from dapt_jax.models.peft import classifier  # pylint: disable=g-import-not-at-top
   options = options_from_config(cfg)
   validate(method, options, backbone['num_group'], backbone['depth'])
   if method == 'dapt':

@@ -26,10 +26,10 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from dapt_jax import layers
-from dapt_jax import tokenizer
-from dapt_jax import transformer
-from dapt_jax.model import ModelConfigError
+from dapt_jax.models import layers
+from dapt_jax.models import tokenizer
+from dapt_jax.models import transformer
+from dapt_jax.models.classifier import ModelConfigError
 
 Array = jax.Array
 

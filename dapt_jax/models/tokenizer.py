@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from dapt_jax import layers
+from dapt_jax.models import layers
 
 Array = jax.Array
 
@@ -68,14 +68,14 @@ FPS_IMPLS = ('xla', 'pallas')
 def fps(points: Array, num_samples: int, impl: str = 'xla') -> Array:
   """`farthest_point_sample` by the chosen implementation (`model.fps_impl`); same indices.
 
-  'xla': the `fori_loop` above. 'pallas': one kernel per cloud (`dapt_jax.fps_pallas`), lowered
+  'xla': the `fori_loop` above. 'pallas': one kernel per cloud (`dapt_jax.models.fps_pallas`), lowered
   for the accelerator; on CPU, which Pallas cannot compile for, it runs in interpret mode (slow:
   for tests).
   """
   if impl == 'xla':
     return farthest_point_sample(points, num_samples)
   if impl == 'pallas':
-    from dapt_jax import fps_pallas  # pylint: disable=g-import-not-at-top  (Pallas only if chosen)
+    from dapt_jax.models import fps_pallas  # pylint: disable=g-import-not-at-top  (Pallas only if chosen)
     return fps_pallas.farthest_point_sample(points, num_samples,
                                             interpret=jax.default_backend() == 'cpu')
   raise ValueError(f'fps_impl={impl!r}: must be one of {FPS_IMPLS}')
