@@ -1,6 +1,8 @@
 """The demo's comparison rows (configs, equivalent commands, argument errors) and its frozen-feature
 probe (the classifier it fits, a run on the shipped backbone, argument errors). Nothing trains."""
 
+import os
+
 import pytest
 
 from dapt_jax import partition
@@ -89,3 +91,68 @@ def test_probe_argument_mistakes_exit_2(tmp_path, capsys):
   assert 'no such directory' in capsys.readouterr().err
   assert probe.main(['--train-clouds', '3']) == 2
   assert 'at least one cloud per class' in capsys.readouterr().err
+
+
+# --out: refusals come before anything is written, removed or trained (subprocesses, as a user
+# runs the command; each ends within seconds because nothing trains).
+
+def _compare(*args, timeout=120):
+  import subprocess
+  import sys
+  return subprocess.run([sys.executable, '-m', 'dapt_jax.demo.compare', *args],
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def _one_error_line(proc):
+  assert proc.returncode == 2, proc.stderr
+  assert 'Traceback' not in proc.stderr
+  lines = [line for line in proc.stderr.splitlines() if line.strip()]
+  assert len(lines) == 1 and lines[0].startswith('error: '), proc.stderr
+  return lines[0]
+
+
+def test_out_naming_a_file_is_one_line_and_the_file_stays(tmp_path):
+  target = tmp_path / 'notes.txt'
+  target.write_text('mine\n')
+  line = _one_error_line(_compare('--rows', 'dapt_random', '--out', str(target)))
+  assert str(target) in line and 'is a file' in line
+  assert target.read_text() == 'mine\n'
+
+
+def test_out_holding_foreign_files_is_refused_untouched(tmp_path):
+  out = tmp_path / 'results'
+  (out / 'dapt_random').mkdir(parents=True)
+  (out / 'comparison.md').write_text('earlier\n')
+  (out / 'thesis.tex').write_text('mine\n')
+  line = _one_error_line(_compare('--rows', 'dapt_random', '--out', str(out)))
+  assert "'thesis.tex'" in line
+  assert sorted(p.name for p in out.iterdir()) == ['comparison.md', 'dapt_random', 'thesis.tex']
+  assert (out / 'comparison.md').read_text() == 'earlier\n'
+
+
+def test_wrong_backbone_is_refused_before_an_earlier_comparison_is_touched(tmp_path):
+  # An earlier comparison's outputs (only names it writes) stay when the new run is refused.
+  out = tmp_path / 'demo'
+  (out / 'dapt_pretrained').mkdir(parents=True)
+  (out / 'dapt_pretrained' / 'config.json').write_text('{}\n')
+  (out / 'comparison.json').write_text('[]\n')
+  before = sorted(str(p.relative_to(out)) for p in out.rglob('*'))
+  # The fixture is a training workdir of a much smaller model: its shapes cannot fit.
+  fixture = os.path.join(os.path.dirname(__file__), 'fixtures', 'workdir_v0')
+  line = _one_error_line(_compare('--rows', 'dapt_pretrained', '--backbone', fixture,
+                                  '--out', str(out)))
+  assert line.startswith('error: dapt_pretrained: config.init_from=') and 'workdir_v0' in line
+  assert sorted(str(p.relative_to(out)) for p in out.rglob('*')) == before
+  assert (out / 'comparison.json').read_text() == '[]\n'
+
+
+def test_earlier_outputs_lists_only_what_a_comparison_writes(tmp_path):
+  out = tmp_path / 'demo'
+  assert compare.earlier_outputs(str(out)) == []
+  out.mkdir()
+  (out / 'run.json').write_text('{}')
+  (out / 'full_random').mkdir()
+  assert compare.earlier_outputs(str(out)) == ['full_random', 'run.json']
+  (out / 'linear_pretrained').write_text('a file where a row folder would be')
+  with pytest.raises(ValueError, match="'linear_pretrained'"):
+    compare.earlier_outputs(str(out))

@@ -1,6 +1,6 @@
 r"""The demo's comparison: what a pre-trained backbone buys, on the same held-out generated clouds.
 
-    python -m dapt_jax.demo.compare                     # or: bash scripts/demo.sh
+    python -m dapt_jax.demo.compare                     # measured: docs/demo-comparison.md
     python -m dapt_jax.demo.compare --epochs 10 --out runs/demo_long
     python -m dapt_jax.demo.compare --pose upright --train-clouds 100 --epochs 60 \
         --backbone runs/pretrain_upright --out runs/demo_upright_few
@@ -20,9 +20,12 @@ and, asked for with `--rows`, full_random (every parameter, from a random backbo
 fine-tunes on N labelled clouds instead of 1,024 (the test clouds stay the same). It writes to
 --out: `comparison.json` (one record per row: name, trainable_params,
 total_params, accuracy — the final epoch's test accuracy as a fraction —, seconds, peak RSS, the
-equivalent main.py command), `comparison.md` (the table), `comparison.png` (a plot) and each
-row's training workdir. Time and memory are measured in this process (peak RSS since a reset
-before each row; on CPU it includes XLA's compiler), so they compare rows, not machines.
+equivalent main.py command), `comparison.md` (the table), `comparison.png` (a plot), `run.json`
+and each row's training workdir. --out must be new, empty or an earlier comparison's folder (its
+outputs are replaced); every argument, row config and the backbone's shapes are checked before
+anything there is written or removed. Time and memory are measured in this process (peak RSS
+since a reset before each row; on CPU it includes XLA's compiler), so they compare rows, not
+machines.
 """
 from __future__ import annotations
 
@@ -52,6 +55,8 @@ DESCRIPTIONS = {
     'full_random': 'full fine-tuning, random backbone',
 }
 MIB = 2 ** 20
+# What a comparison writes into --out besides one training workdir per row (named as the row).
+OUTPUT_FILES = ('comparison.json', 'comparison.md', 'comparison.png', 'run.json')
 
 
 def row_config(name: str, backbone: Optional[str], epochs: int, seed: int = 0,
@@ -169,12 +174,35 @@ def plot(records: Sequence[dict], path: str) -> None:
   plt.close(fig)
 
 
+def earlier_outputs(out: str) -> list[str]:
+  """What an earlier comparison wrote into `out` (to replace); nothing is written or removed here.
+
+  Raises:
+    ValueError: `out` is a file, or a folder holding anything a comparison does not write (the
+      message is the one line to show).
+  """
+  if not os.path.exists(out):
+    return []
+  if not os.path.isdir(out):
+    raise ValueError(f'--out {out}: is a file, not a folder; choose a new or empty folder')
+  entries = sorted(os.listdir(out))
+  foreign = [e for e in entries
+             if not (e in OUTPUT_FILES or (e in ROWS + EXTRA_ROWS
+                                           and os.path.isdir(os.path.join(out, e))))]
+  if foreign:
+    raise ValueError(f'--out {out}: holds {foreign[0]!r}, which the comparison did not write; '
+                     'choose a new or empty folder')
+  return entries
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   p = argparse.ArgumentParser(prog='python -m dapt_jax.demo.compare',
                               description=__doc__.split('\n\n')[0])
   p.add_argument('--backbone', default=DEFAULT_BACKBONE,
                  help='pre-trained backbone (a converted dir or a pre-training workdir)')
-  p.add_argument('--out', default=DEFAULT_OUT, help='output folder (replaced)')
+  p.add_argument('--out', default=DEFAULT_OUT,
+                 help='output folder: new, empty, or an earlier comparison (whose outputs are '
+                      'replaced); a folder holding anything else is refused')
   p.add_argument('--epochs', type=int, default=DEFAULT_EPOCHS,
                  help='fine-tuning epochs per row (runs epochs 0..E)')
   p.add_argument('--rows', default=','.join(ROWS),
@@ -207,17 +235,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f'error: {backbone}: no such backbone directory (make one with '
           'bash scripts/pretrain_demo_backbone.sh)', file=sys.stderr)
     return 2
+  out = os.path.abspath(args.out)
+  try:
+    earlier = earlier_outputs(out)
+  except ValueError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
   logging.basicConfig(level=logging.WARNING, format='%(asctime)s %(levelname)s %(message)s')
   logging.getLogger('absl').setLevel(logging.ERROR)
 
   from dapt_jax import errors  # pylint: disable=g-import-not-at-top
   from dapt_jax import pretrained  # pylint: disable=g-import-not-at-top
   from dapt_jax import train  # pylint: disable=g-import-not-at-top
-  out = os.path.abspath(args.out)
-  if os.path.isdir(out):
+  from dapt_jax import validate  # pylint: disable=g-import-not-at-top
+  # Every row's config (the backbone's shapes included) is checked before anything is written.
+  for name in rows:
+    try:
+      validate.check_run(row_config(name, backbone, args.epochs, args.seed, args.pose,
+                                    args.train_clouds), None, 'train')
+    except errors.UserError as e:
+      print(f'error: {name}: {errors.one_line(e)}', file=sys.stderr)
+      return 2
+  if earlier:
     import shutil  # pylint: disable=g-import-not-at-top
-    shutil.rmtree(out)
-  os.makedirs(out)
+    for entry in earlier:  # only what an earlier comparison wrote (earlier_outputs saw to that)
+      path = os.path.join(out, entry)
+      shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    print(f'replacing the earlier comparison in {args.out} ({", ".join(earlier)})')
+  os.makedirs(out, exist_ok=True)
   origin = pretrained.load_report(backbone) if os.path.isdir(backbone) else None
   if origin:
     print(f"backbone: {args.backbone} (pre-trained by `{origin.get('command', '?')}`, seed "
