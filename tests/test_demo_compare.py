@@ -1,5 +1,7 @@
-"""The demo's comparison rows (configs, equivalent commands, argument errors) and its frozen-feature
-probe (the classifier it fits, a run on the shipped backbone, argument errors). Nothing trains."""
+"""The demo's comparison rows (configs, equivalent commands, argument errors), its --out folder
+(a file, foreign files and a wrong backbone are refused before anything there is written or
+removed), and its frozen-feature probe (the classifier it fits, a run on the shipped backbone,
+argument errors). Nothing trains."""
 
 import os
 
@@ -116,6 +118,8 @@ def test_out_naming_a_file_is_one_line_and_the_file_stays(tmp_path):
   target.write_text('mine\n')
   line = _one_error_line(_compare('--rows', 'dapt_random', '--out', str(target)))
   assert str(target) in line and 'is a file' in line
+  line = _one_error_line(_compare('--rows', 'dapt_random', '--out', str(target / 'sub')))
+  assert 'cannot be created' in line
   assert target.read_text() == 'mine\n'
 
 

@@ -15,19 +15,13 @@ import sys
 import pytest
 
 from dapt_jax.demo import quickstart
+from tests import test_cli_errors
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENV = {**os.environ, 'JAX_PLATFORMS': 'cpu',
-       'XLA_FLAGS': '--xla_force_host_platform_device_count=2', 'DAPT_JAX_DEBUG': ''}
-# Overrides after the demo's recipe: they win, so the same three commands run on a tiny model.
-TINY = ['--config.model.trans_dim=32', '--config.model.encoder_dims=32', '--config.model.depth=1',
-        '--config.model.num_heads=2', '--config.model.num_group=8', '--config.model.group_size=8',
-        '--config.model.rank=4', '--config.model.num_classes=4', '--config.data.num_points=64',
-        '--config.data.point_all=80', '--config.data.synthetic_points=128',
-        '--config.data.synthetic_num_train=32', '--config.data.synthetic_num_test=16',
-        '--config.data.synthetic_num_classes=4', '--config.batch_size=8',
-        '--config.eval.batch_size=8', '--config.num_epochs=1', '--config.eval.every_epochs=1',
-        '--config.checkpoint.every_epochs=1']
+# main.py's tiny model and data from the CLI tests, after the demo's recipe: later overrides win,
+# so the same three commands run on a tiny model (checkpointed every epoch, as the demo's run is).
+ENV = test_cli_errors.ENV
+TINY = [*test_cli_errors.TINY, '--config.checkpoint.every_epochs=1']
 
 
 def _quickstart(*args, timeout=300):

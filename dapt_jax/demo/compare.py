@@ -236,9 +236,11 @@ def main(argv: Sequence[str] | None = None) -> int:
           'bash scripts/pretrain_demo_backbone.sh)', file=sys.stderr)
     return 2
   out = os.path.abspath(args.out)
+  from dapt_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top  (light)
   try:
     earlier = earlier_outputs(out)
-  except ValueError as e:
+    workdir_lib.check_writable(out, '--out')
+  except (ValueError, workdir_lib.WorkdirError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
   logging.basicConfig(level=logging.WARNING, format='%(asctime)s %(levelname)s %(message)s')
