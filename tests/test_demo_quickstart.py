@@ -82,6 +82,8 @@ def test_folders_it_did_not_write_are_refused_before_anything_runs(tmp_path):
   afile = tmp_path / 'file'
   afile.write_text('x')
   assert 'is a file' in _refused(_quickstart(f'--workdir={afile}'))
+  assert 'cannot be created' in _refused(_quickstart(f'--workdir={afile / "sub"}'))
+  assert afile.read_text() == 'x'
   assert 'not one of' in _refused(_quickstart(f'--workdir={tmp_path / "new"}', '--shape=blob'))
   assert "'--epochs'" in _refused(_quickstart(f'--workdir={tmp_path / "new"}', '--epochs', '3'))
   assert not (tmp_path / 'new').exists()

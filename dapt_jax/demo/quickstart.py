@@ -40,6 +40,7 @@ import time
 from typing import Optional, Sequence
 
 from dapt_jax import errors
+from dapt_jax import workdir as workdir_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CONFIG = 'configs/synthetic.py'
@@ -80,19 +81,22 @@ def check_workdir(workdir: str) -> list[str]:
 
   Raises:
     QuickstartError: `workdir` is a file, or a folder holding files the demo did not write.
+    workdir_lib.WorkdirError: `workdir` cannot be created or written to.
   """
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise QuickstartError(f'--workdir {workdir}: is a file, not a folder; choose another --workdir')
+  workdir_lib.check_writable(workdir)  # a folder that cannot be made is one line too
   if not os.path.exists(workdir):
     return []
-  if not os.path.isdir(workdir):
-    raise QuickstartError(f'--workdir {workdir}: is a file, not a folder; choose another --workdir')
   entries = sorted(os.listdir(workdir))
   if not entries:
     return []
-  if MARKER not in entries:
+  try:
+    with open(os.path.join(workdir, MARKER)) as f:
+      cloud_name = str(json.load(f).get('cloud', ''))
+  except (OSError, ValueError, AttributeError):  # no marker, or not one the demo wrote
     raise QuickstartError(f'--workdir {workdir}: not empty and not a quick start folder (no '
-                          f'{MARKER}); choose a new or empty --workdir')
-  with open(os.path.join(workdir, MARKER)) as f:
-    cloud_name = json.load(f).get('cloud', '')
+                          f'readable {MARKER}); choose a new or empty --workdir') from None
   foreign = [e for e in entries if not _ours(e, cloud_name)]
   if foreign:
     raise QuickstartError(f'--workdir {workdir}: holds {foreign[0]!r}, which the quick start did '
