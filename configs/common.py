@@ -43,7 +43,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.fps_impl = 'xla'        # farthest point sampling: 'xla' (fori_loop) or 'pallas' (one kernel per cloud)
   c.model.remat_policy = 'matmuls'  # blocks keep for backward: matmul outputs (rest recomputed), 'all' or 'inputs'
 
-  # Ordered (regex over param path, label), first match wins; None: model.peft's (partition.METHOD_RULES).
+  # Ordered (regex over param path, label), first match wins; None: model.peft's own rules.
   c.partition_rules = config_dict.placeholder(tuple)
 
   c.data = ml_collections.ConfigDict()

@@ -25,7 +25,6 @@ Commands:
 import ml_collections
 
 from configs import common
-from dapt_jax import partition
 
 VARIANTS = ('shapenet55', 'synthetic', 'demo')
 
@@ -57,7 +56,7 @@ def get_config(arg=None):
                      f'{", ".join(VARIANTS)}')
   c = common.base_config()
   c.task = 'pretrain'
-  c.partition_rules = tuple(partition.FULL_FINETUNE_RULES)  # everything trains
+  c.partition_rules = (('.*', 'trainable'),)  # everything trains
   c.optim.lr = 1e-3
   c.optim.weight_decay = 0.05
   c.optim.clip_grad_norm = 0.0    # Point-MAE pre-trains without clipping

@@ -33,13 +33,12 @@ Commands:
       --input=chair.ply --category=Chair
   python main.py --config=configs/shapenetpart.py:synthetic --workdir=runs/partseg_demo
 
-The model section keeps the classifier's fields the shared config validation reads (head_tokens,
-peft and its options): segmentation ignores them. `model.num_classes` is the number of object
+`model.peft` picks the PEFT method as in classification (`--config.model.peft=lora`, or the sweep's
+`--methods=`); what trains is the method's set plus the whole segmentation head. The model
+section keeps the classifier's `head_tokens` (segmentation ignores it). `model.num_classes` is the number of object
 categories (the one-hot the head is conditioned on).
 """
 from configs import common
-from dapt_jax import partition
-from dapt_jax.models import segmenter
 
 VARIANTS = ('dapt', 'full', 'pointmae', 'synthetic')
 
@@ -57,14 +56,13 @@ def get_config(arg=None):
   m.rank = 32                     # Dynamic Adapter bottleneck r (SPEC §8.6: the rank is UNVERIFIED)
   m.drop_path_rate = 0.1          # Point-MAE's segmentation value
   m.drop_adapter_rate = 0.0       # dropout inside the adapter
-  m.dapt = True                   # DAPT blocks (False: Point-MAE's plain blocks, no class token)
+  m.peft = 'dapt'                 # any PEFT method (dapt_jax/models/peft); 'full': Point-MAE's own
   m.pos_every_block = False       # DAPT adds the position once; True: before every block
   m.feature_blocks = (3, 7, 11)   # blocks whose outputs (last G tokens, final norm) feed the head
   m.label_dims = 64               # width of the category embedding (label_conv)
   m.propagation_dims = (1536, 1024)  # feature-propagation MLP widths
   m.head_dims = (512, 256)        # per-point head widths before the part logits
   m.head_dropout_rate = 0.5       # dropout after the head's first layer
-  c.partition_rules = segmenter.DAPT_SEG_RULES
 
   c.data.name = 'shapenet_part'
   c.data.data_dir = 'data/shapenetcore_partanno_segmentation_benchmark_v0_normal'
@@ -85,10 +83,9 @@ def get_config(arg=None):
   c.eval.split = 'test'
 
   if variant == 'full':
-    c.partition_rules = tuple(partition.FULL_FINETUNE_RULES)
+    c.partition_rules = (('.*', 'trainable'),)  # DAPT's model, every parameter trains
   elif variant == 'pointmae':
-    m.dapt = False
-    c.partition_rules = tuple(partition.FULL_FINETUNE_RULES)
+    m.peft = 'full'               # Point-MAE's network: plain blocks, no class token
   elif variant == 'synthetic':
     m.trans_dim = 64
     m.encoder_dims = 64

@@ -47,7 +47,7 @@ def model_fields(cfg: Any) -> dict[str, Any]:
     out[field] = list(value) if isinstance(value, (tuple, list)) else value
   # The PEFT method and its settings (dapt_jax/models/peft), where the config has them.
   from dapt_jax.models import peft  # pylint: disable=g-import-not-at-top
-  for field in ('peft',) + peft.OPTION_FIELDS:
+  for field in ('peft',) + peft.option_fields():
     try:
       out[field] = section[field] if isinstance(section, Mapping) else getattr(section, field)
     except (KeyError, AttributeError):

@@ -14,6 +14,8 @@ from typing import Any, Iterable, Mapping, Sequence, Tuple
 from flax import traverse_util
 
 from dapt_jax import errors
+from dapt_jax import models
+from dapt_jax.models import peft
 
 TRAINABLE = 'trainable'
 FROZEN = 'frozen'
@@ -21,50 +23,41 @@ LABELS = (TRAINABLE, FROZEN)
 
 Rules = Sequence[Tuple[str, str]]
 
-# The release trains parameters whose PyTorch names contain `cls` (class token, its position and
-# the head `cls_head_finetune`), `tfts` (scale-shifts) or `Adapter`; everything else is frozen.
-DAPT_RULES: Rules = (
-    (r'^cls_(token|pos)$', TRAINABLE),
-    (r'^head/', TRAINABLE),
-    (r'tfts/', TRAINABLE),
-    (r'/adapter/', TRAINABLE),
-    (r'.*', FROZEN),
-)
-# Baselines for the benchmarks: everything trains / only the head trains.
+# Everything trains (full fine-tuning; pre-training).
 FULL_FINETUNE_RULES: Rules = ((r'.*', TRAINABLE),)
+# The benchmarks' linear probe: only the head trains (the `linear` method also trains the class
+# token and its position, as the releases do).
 LINEAR_PROBE_RULES: Rules = ((r'^head/', TRAINABLE), (r'.*', FROZEN))
 
-PRESETS = {'dapt': DAPT_RULES, 'full': FULL_FINETUNE_RULES, 'linear': LINEAR_PROBE_RULES}
 
-# Each PEFT method's trainable set (config.model.peft; SPEC §9). The releases of Point-MAE, IDPT
-# and PointGST train the names containing `cls` (class token, its position, the head, and IDPT's
-# prompt module and VPT's prompts, all named `cls*` there) plus, for PointGST, `adapt`.
-_CLS_AND_HEAD: Rules = ((r'^cls_(token|pos)$', TRAINABLE), (r'^head/', TRAINABLE))
-METHOD_RULES: dict[str, Rules] = {
-    'dapt': DAPT_RULES,
-    'full': FULL_FINETUNE_RULES,
-    'linear': _CLS_AND_HEAD + ((r'.*', FROZEN),),
-    'vpt_deep': _CLS_AND_HEAD + ((r'^vpt/', TRAINABLE), (r'.*', FROZEN)),
-    # IDPT's prompt position is never trained by its release (its name lacks `cls`).
-    'idpt': ((r'^idpt/prompt_pos$', FROZEN),) + _CLS_AND_HEAD + ((r'^idpt/', TRAINABLE),
-                                                                 (r'.*', FROZEN)),
-    'pointgst': _CLS_AND_HEAD + ((r'/pcsa/', TRAINABLE), (r'.*', FROZEN)),
-    'lora': _CLS_AND_HEAD + ((r'/lora_[ab]$', TRAINABLE), (r'.*', FROZEN)),
-    'adapter': _CLS_AND_HEAD + ((r'/adapter[12]/', TRAINABLE), (r'.*', FROZEN)),
-}
+def method_rules(method: str, family: str = 'classifier') -> Rules:
+  """The rules of PEFT method `method` (default options) on `family`'s model."""
+  return models.get_family(family).trainable_rules(peft.get(method)())
+
+
+# Each PEFT method's trainable set on the classifier (config.model.peft; SPEC §9); the rules
+# themselves live with each method (dapt_jax/models/peft/).
+METHOD_RULES: dict[str, Rules] = {m: method_rules(m) for m in peft.METHODS}
+DAPT_RULES: Rules = METHOD_RULES['dapt']
+PRESETS = {'dapt': DAPT_RULES, 'full': FULL_FINETUNE_RULES, 'linear': LINEAR_PROBE_RULES}
 
 
 def rules_for(config: Any) -> Rules:
-  """A run's rules: `config.partition_rules` when set, else those of `config.model.peft`."""
+  """A run's rules: `config.partition_rules` when set, else those of `config.model.peft` on the
+  model family of `config.task`."""
   rules = config.get('partition_rules') if hasattr(config, 'get') else None
   if rules is not None:
     return rules
   model = config.get('model') if hasattr(config, 'get') else None
   method = (model.get('peft', 'dapt') if model is not None and hasattr(model, 'get') else 'dapt')
-  if method not in METHOD_RULES:
+  if method not in peft.METHODS:
     raise PartitionError(f'model.peft={method!r}: no partition rules; choose one of '
-                         f'{", ".join(METHOD_RULES)}')
-  return METHOD_RULES[method]
+                         f'{", ".join(peft.METHODS)}')
+  family = models.family_of(config)
+  if not hasattr(family, 'trainable_rules'):
+    raise PartitionError(f'config.task={config.get("task")!r} trains every parameter unless '
+                         'config.partition_rules says otherwise; set partition_rules')
+  return family.trainable_rules(peft.get(method)())
 
 
 class PartitionError(errors.UserError, ValueError):

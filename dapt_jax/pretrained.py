@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import jax.numpy as jnp
 import numpy as np
@@ -187,3 +188,17 @@ def merge_pretrained(variables: Mapping[str, Mapping],
   report = {'loaded': sorted(loaded_names), 'freshly_initialised': sorted(fresh_names),
             'ignored': sorted(ignored_names)}
   return merged, report
+
+
+def describe_fresh(names: Sequence[str]) -> str:
+  """One readable line for the `collection/path` names a load left at their initial values:
+  top-level modules instead of leaves (a block's by its part), numbered copies folded:
+  `cls_token, head, blocks_*/adapter (x12), batch_stats/head`."""
+  groups: dict[str, set] = {}
+  for name in names:
+    collection, _, path = name.partition('/')
+    parts = path.split('/')
+    module = '/'.join(parts[:2]) if re.fullmatch(r'blocks_\d+', parts[0]) else parts[0]
+    key = ('' if collection == 'params' else collection + '/') + module
+    groups.setdefault(re.sub(r'(?<=_)\d+(?=/|$)', '*', key), set()).add(key)
+  return ', '.join(g + (f' (x{len(m)})' if len(m) > 1 else '') for g, m in groups.items())

@@ -191,48 +191,17 @@ def _top_level(config, ctx: Context) -> None:
 
 @register('model')
 def _model(config, ctx: Context) -> None:
+  """The model section, checked by its own family (models/<family>.check_config)."""
   del ctx
-  from dapt_jax.models import classifier as model_lib  # pylint: disable=g-import-not-at-top
-  if config.get('task', 'classification') != 'classification':
-    _task_model(config)
-    return
-  for field in ('trans_dim', 'depth', 'num_heads', 'num_group', 'group_size', 'rank',
-                'encoder_dims'):
-    _int(config, f'model.{field}', minimum=1)
-  # The folder dataset takes its class count from the class folders when num_classes is 0.
-  _int(config, 'model.num_classes', minimum=0 if str(config.data.name) == 'folder' else 1)
-  width, heads = _get(config, 'model.trans_dim'), _get(config, 'model.num_heads')
-  if width % heads:
-    raise ConfigError(f'config.model.num_heads={heads}: must divide config.model.trans_dim='
-                      f'{width} (each head gets trans_dim / num_heads channels)')
-  _float(config, 'model.mlp_ratio', 0.0, low_open=True)
-  for field in ('drop_path_rate', 'drop_adapter_rate'):
-    _float(config, f'model.{field}', 0.0, 1.0, high_open=True)
-  _float(config, 'model.head_dropout_rate', 0.0, 1.0, high_open=True, default=0.5)
-  _bool(config, 'model.freeze_bn_stats')
-  _bool(config, 'model.remat', default=False)
-  _choice(config, 'model.dtype', DTYPES)
-  tokens = _get(config, 'model.head_tokens')
-  if (isinstance(tokens, str) or not isinstance(tokens, (tuple, list)) or not tokens
-      or any(t not in model_lib.HEAD_TOKENS for t in tokens) or len(set(tokens)) != len(tokens)):
-    raise ConfigError(f'{_show("model.head_tokens", tokens)}: must be a non-empty tuple of '
-                      f'distinct entries from {", ".join(model_lib.HEAD_TOKENS)}')
+  from dapt_jax import models  # pylint: disable=g-import-not-at-top
   model = config.model
-  if model.num_classes == 0:  # folder data, classes not counted yet: check the rest of the model
+  if (config.get('task', 'classification') == 'classification' and str(config.data.name) == 'folder'
+      and model.get('num_classes') == 0):  # folder data, classes not counted yet: check the rest
     model = model.copy_and_resolve_references()
     with model.unlocked():
       model.num_classes = 1
-  try:  # whatever else the model itself refuses
-    model_lib.build_model(model)
-  except model_lib.ModelConfigError as e:
-    raise ConfigError(f'config.{errors.one_line(e)}') from None
-
-
-def _task_model(config) -> None:
-  """Another task's model (pre-training, segmentation): its own builder names what it refuses."""
-  from dapt_jax import tasks  # pylint: disable=g-import-not-at-top
   try:
-    tasks.get_task(config).build_model()
+    models.family_of(config).check_config(model)
   except errors.UserError as e:
     raise ConfigError(f'config.{errors.one_line(e)}') from None
   except (AttributeError, KeyError) as e:
@@ -380,12 +349,17 @@ def variable_shapes(config: Any) -> dict[str, dict[str, tuple[int, ...]]]:
 @register('model shapes')
 def _model_shapes(config, ctx: Context) -> None:
   from dapt_jax import partition  # pylint: disable=g-import-not-at-top
-  if config.model.get('num_classes') == 0:  # folder data, classes not counted yet: shapes unknown
-    return
+  classes_unknown = config.model.get('num_classes') == 0  # folder data, classes not counted yet
+  if classes_unknown:  # the backbone's shapes do not depend on the class count: check them now
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+      config.model.num_classes = 2
   shapes = variable_shapes(config)
-  ctx.variable_shapes = shapes
+  if not classes_unknown:
+    ctx.variable_shapes = shapes
+  rules = partition.rules_for(config)
   try:
-    partition.label_params(partition.unflatten(shapes['params']), partition.rules_for(config))
+    labels = partition.flatten(partition.label_params(partition.unflatten(shapes['params']), rules))
   except partition.PartitionError as e:
     raise ConfigError(f'config.partition_rules: {errors.one_line(e)}') from None
   init_from = config.init_from
@@ -409,7 +383,29 @@ def _model_shapes(config, ctx: Context) -> None:
       raise ConfigError(f'config.init_from={init_from!r}: holds {collection}/{extra[0]}, which '
                         f'this model does not have{more}; was it converted for another config?')
     for name in sorted(saved):
+      if classes_unknown and name.startswith('head/'):
+        continue  # its width follows the class folders, counted later
       if tuple(saved[name]) != tuple(model[name]):
         raise ConfigError(f'config.init_from={init_from!r}: {collection}/{name} has shape '
                           f'{tuple(saved[name])} but this config\'s model needs '
                           f'{tuple(model[name])}')
+  _check_coverage(config, labels, found.get('params', {}))
+
+
+def _check_coverage(config, labels: dict[str, str], saved: dict) -> None:
+  """Every frozen parameter must come from init_from: one left at its random initial value can
+  never be fixed by training (e.g. a 2-block backbone into a 4-block model). Parameters the
+  method freezes at their initial values by design (IDPT's prompt position) are exempt."""
+  import re  # pylint: disable=g-import-not-at-top
+  from dapt_jax import partition  # pylint: disable=g-import-not-at-top
+  from dapt_jax.models import peft  # pylint: disable=g-import-not-at-top
+  init_from = config.init_from
+  by_design = [re.compile(r) for r in peft.get(config.model.get('peft', 'dapt'))().frozen_at_init()]
+  fresh = [p for p, label in labels.items() if label == partition.FROZEN and p not in saved
+           and not any(r.search(p) for r in by_design)]
+  if fresh:
+    shown = ', '.join(fresh[:3]) + (f' and {len(fresh) - 3} more' if len(fresh) > 3 else '')
+    raise ConfigError(
+        f'config.init_from={init_from!r}: does not hold {len(fresh)} frozen parameter'
+        f'{"s" if len(fresh) > 1 else ""} of this model ({shown}); they would stay at their '
+        'random initial values and never train (was it made for a shallower or other model?)')

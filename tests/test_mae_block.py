@@ -9,6 +9,7 @@ import numpy as np
 from flax import traverse_util
 
 from dapt_jax.models import transformer
+from dapt_jax.models.peft import dapt as dapt_lib
 
 
 def _np_block(p, x, num_heads):
@@ -37,7 +38,7 @@ def _np_block(p, x, num_heads):
 def test_block_parameter_paths_are_the_dapt_blocks_minus_dapt_parts():
   x = jnp.ones((2, 5, 16))
   plain = transformer.Block(num_heads=4, mlp_ratio=4.0).init(jax.random.PRNGKey(0), x, train=False)
-  dapt = transformer.DAPTBlock(num_heads=4, mlp_ratio=4.0, rank=4).init(
+  dapt = transformer.Block(num_heads=4, mlp_ratio=4.0, additions=dapt_lib.Additions(rank=4)).init(
       jax.random.PRNGKey(0), x, train=False)
   assert set(plain) == {'params'}
   plain_paths = set(traverse_util.flatten_dict(plain['params'], sep='/'))

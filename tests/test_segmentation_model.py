@@ -40,8 +40,8 @@ def _counts(fields, rules):
 
 
 def test_parameter_counts_match_spec():
-  assert _counts(FULL, S.DAPT_SEG_RULES) == (5_665_342, 27_490_366)
-  assert _counts(dict(FULL, rank=64), S.DAPT_SEG_RULES) == (5_960_638, 27_785_662)
+  assert _counts(FULL, partition.method_rules('dapt', 'segmenter')) == (5_665_342, 27_490_366)
+  assert _counts(dict(FULL, rank=64), partition.method_rules('dapt', 'segmenter')) == (5_960_638, 27_785_662)
   assert _counts(FULL, partition.FULL_FINETUNE_RULES) == (27_490_366, 27_490_366)
 
 
@@ -208,7 +208,7 @@ def test_train_forward_statistics_and_gradients_match_reference(x64, variant, ru
   loss = F_nll(logits, labels)
   loss.backward()
 
-  rule_set = S.DAPT_SEG_RULES if rules == 'dapt' else partition.FULL_FINETUNE_RULES
+  rule_set = partition.method_rules('dapt', 'segmenter') if rules == 'dapt' else partition.FULL_FINETUNE_RULES
   param_labels = partition.label_params(variables['params'], rule_set)
   trainable, frozen = partition.split(variables['params'], param_labels)
   args = [jnp.asarray(x.numpy()) for x in (pts, nb, center, cat)]

@@ -126,7 +126,7 @@ def source_label(op_name: str) -> str:
   parts = []
   for p in op_name.split('/'):
     if not p or p.startswith(('jit(', 'jvp(', 'transpose(', 'vmap(', 'pjit(', 'checkpoint',
-                               'rematted_computation', 'shard_map', 'DAPTClassifier')):
+                               'rematted_computation', 'shard_map', 'Classifier')):
       continue
     if re.match(r'blocks_\d+\.', p):  # Flax's lifted-transform frames (remat, custom VJP)
       continue

@@ -18,16 +18,18 @@ paths are `PRETRAIN_ONLY_PREFIXES` (docs/architecture.md lists them all).
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from dapt_jax import errors
+from dapt_jax.models import config as config_lib
+from dapt_jax.models import encoder as encoder_lib
 from dapt_jax.models import layers
 from dapt_jax.models import tokenizer
 from dapt_jax.models import transformer
+from dapt_jax.models.peft import full
 
 Array = jax.Array
 
@@ -43,7 +45,7 @@ MODEL_FIELDS = ('trans_dim', 'depth', 'num_heads', 'mlp_ratio', 'encoder_dims', 
                 'decoder_num_heads', 'dtype')
 
 
-class MAEConfigError(errors.UserError, ValueError):
+class MAEConfigError(config_lib.ModelConfigError):
   """A pre-training model config that cannot build a model; one-line message naming the field."""
 
 
@@ -174,10 +176,11 @@ class MAEDecoder(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, pos: Array, train: bool) -> Array:
-    block_cls = nn.remat(transformer.Block, static_argnums=(2,)) if self.remat else transformer.Block
+    policy = 'inputs' if self.remat else 'all'
     for i, rate in enumerate(layers.drop_path_rates(self.drop_path_rate, self.depth)):
-      x = block_cls(self.num_heads, self.mlp_ratio, rate, self.dtype,
-                    nn.initializers.xavier_uniform(), name=f'blocks_{i}')(x + pos, train)
+      block = transformer.Block(self.num_heads, self.mlp_ratio, rate, self.dtype,
+                                nn.initializers.xavier_uniform(), name=f'blocks_{i}')
+      x = transformer.run_block(block, x + pos, None, train, policy)
     return layers.layer_norm('norm', self.dtype)(x[:, -self.num_mask:])
 
 
@@ -232,17 +235,16 @@ class MaskedAutoencoder(nn.Module):
 
     # Encoder: the patch encoder sees every group (its BatchNorm statistics span all B·G·K
     # points, as in Point-MAE); only the visible tokens enter the blocks.
-    tokens = tokenizer.PatchEncoder(c, not train, self.axis_name, self.dtype,
-                                    name='encoder')(neighborhood.astype(self.dtype))
+    encoder = encoder_lib.Encoder(
+        full.Method(), c, self.depth, self.num_heads, self.mlp_ratio, self.drop_path_rate,
+        class_token=False, remat_policy='inputs' if self.remat else 'all', dtype=self.dtype,
+        axis_name=self.axis_name)
+    tokens = encoder.embed(neighborhood, train)
     x = jnp.take_along_axis(tokens, vis_idx[..., None], axis=1)               # [B, V, C]
     centers_vis = tokenizer.gather_points(centers, vis_idx)                     # [B, V, 3]
     centers_mask = tokenizer.gather_points(centers, mask_idx)                   # [B, M, 3]
-    pos = tokenizer.PosEmbed(c, self.dtype, name='pos_embed')(centers_vis.astype(self.dtype))
-    block_cls = nn.remat(transformer.Block, static_argnums=(2,)) if self.remat else transformer.Block
-    for i, rate in enumerate(layers.drop_path_rates(self.drop_path_rate, self.depth)):
-      x = block_cls(self.num_heads, self.mlp_ratio, rate, self.dtype,
-                    name=f'blocks_{i}')(x + pos, train)
-    x = layers.layer_norm('norm', self.dtype)(x)
+    out = encoder.encode(self, x, centers_vis, train)
+    x = out.norm(out.blocks[-1])
 
     # Decoder on [visible, mask tokens] with its own position embedding.
     mask_token = self.param('mask_token', layers.backbone_kernel_init, (1, 1, c))
@@ -266,67 +268,50 @@ class MaskedAutoencoder(nn.Module):
 # Building from a config
 
 
-def _get(cfg: Any, field: str) -> Any:
-  if isinstance(cfg, Mapping):
-    if field not in cfg:
-      raise MAEConfigError(f'model config: missing field {field!r}')
-    return cfg[field]
-  if not hasattr(cfg, field):
-    raise MAEConfigError(f'model config: missing field {field!r}')
-  return getattr(cfg, field)
-
-
-def build_model(cfg: Any, axis_name: Optional[str] = None) -> MaskedAutoencoder:
-  """The masked autoencoder from a pre-training config's `model` section.
+def check_config(cfg: Any) -> dict[str, Any]:
+  """Checks a pre-training config's `model` section; returns the build arguments.
 
   Raises:
     MAEConfigError: one line naming the offending field.
   """
-  v = {f: _get(cfg, f) for f in MODEL_FIELDS}
   try:
-    remat = bool(_get(cfg, 'remat'))
-  except MAEConfigError:
-    remat = False
-  for f in ('trans_dim', 'depth', 'num_heads', 'num_group', 'group_size', 'decoder_depth',
-            'decoder_num_heads'):
-    if not isinstance(v[f], int) or v[f] < 1:
-      raise MAEConfigError(f'model.{f}={v[f]!r}: must be a positive integer')
-  if v['encoder_dims'] != v['trans_dim']:
-    raise MAEConfigError(f"model.encoder_dims={v['encoder_dims']} must equal "
-                         f"model.trans_dim={v['trans_dim']} (the tokens feed the blocks directly)")
-  for f in ('num_heads', 'decoder_num_heads'):
-    if v['trans_dim'] % v[f]:
-      raise MAEConfigError(f"model.{f}={v[f]} must divide model.trans_dim={v['trans_dim']}")
-  if not 0.0 <= float(v['drop_path_rate']) < 1.0:
-    raise MAEConfigError(f"model.drop_path_rate={v['drop_path_rate']!r}: must be in [0, 1)")
+    v = config_lib.read(cfg, MODEL_FIELDS, {'remat': False})
+    config_lib.check_backbone(v, dtypes=('float32', 'bfloat16'))
+    config_lib.positive_int('decoder_depth', v['decoder_depth'])
+    config_lib.positive_int('decoder_num_heads', v['decoder_num_heads'])
+  except config_lib.ModelConfigError as e:
+    raise MAEConfigError(str(e)) from None
+  if v['trans_dim'] % v['decoder_num_heads']:
+    raise MAEConfigError(f"model.decoder_num_heads={v['decoder_num_heads']} must divide "
+                         f"model.trans_dim={v['trans_dim']}")
   m = num_masked(v['num_group'], float(v['mask_ratio']))
   if not 0 < m < v['num_group']:
     raise MAEConfigError(f"model.mask_ratio={v['mask_ratio']!r}: masks {m} of "
                          f"{v['num_group']} groups; at least one must be masked and one visible")
   if v['mask_type'] not in MASK_TYPES:
     raise MAEConfigError(f"model.mask_type={v['mask_type']!r}: must be one of {MASK_TYPES}")
-  dtypes = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
-  if v['dtype'] not in dtypes:
-    raise MAEConfigError(f"model.dtype={v['dtype']!r}: must be one of {sorted(dtypes)}")
-  return MaskedAutoencoder(
+  return dict(
       trans_dim=v['trans_dim'], depth=v['depth'], num_heads=v['num_heads'],
       mlp_ratio=float(v['mlp_ratio']), num_group=v['num_group'], group_size=v['group_size'],
       drop_path_rate=float(v['drop_path_rate']), mask_ratio=float(v['mask_ratio']),
       mask_type=str(v['mask_type']), decoder_depth=v['decoder_depth'],
-      decoder_num_heads=v['decoder_num_heads'], dtype=dtypes[v['dtype']], axis_name=axis_name,
-      remat=remat)
+      decoder_num_heads=v['decoder_num_heads'], dtype=config_lib.DTYPES[v['dtype']],
+      remat=bool(v['remat']))
+
+
+def build_model(cfg: Any, axis_name: Optional[str] = None) -> MaskedAutoencoder:
+  """The masked autoencoder from a pre-training config's `model` section."""
+  return MaskedAutoencoder(axis_name=axis_name, **check_config(cfg))
 
 
 def init_variables(net: MaskedAutoencoder, key: Array, num_points: int,
                    batch_size: int = 2) -> dict:
   """Initial {'params', 'batch_stats'} for clouds of `num_points` points."""
-  if num_points < max(net.num_group, net.group_size):
-    raise MAEConfigError(
-        f'num_points={num_points} is smaller than model.num_group={net.num_group} or '
-        f'model.group_size={net.group_size}')
+  try:
+    config_lib.check_points(net, num_points)
+  except config_lib.ModelConfigError as e:
+    raise MAEConfigError(str(e)) from None
   params_key, dropout_key, data_key, mask_key = jax.random.split(key, 4)
   dummy = jax.random.normal(data_key, (batch_size, num_points, 3), jnp.float32)
   mask_keys = jax.random.split(mask_key, batch_size)
-  variables = jax.jit(net.init, static_argnames='train')(
-      {'params': params_key, 'dropout': dropout_key}, dummy, mask_keys, train=False)
-  return {'params': variables['params'], 'batch_stats': variables['batch_stats']}
+  return config_lib.init(net, params_key, dropout_key, dummy, mask_keys)

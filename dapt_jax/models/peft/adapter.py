@@ -9,6 +9,7 @@ position, and the head (the backbone's LayerNorms stay frozen, unlike Houlsby's 
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -17,6 +18,7 @@ from flax import linen as nn
 
 from dapt_jax.models import layers
 from dapt_jax.models import transformer
+from dapt_jax.models.peft import base
 
 Array = jax.Array
 
@@ -35,21 +37,32 @@ class Bottleneck(nn.Module):
     return h + nn.Dense(c, kernel_init=nn.initializers.zeros, dtype=self.dtype, name='up')(z)
 
 
-class AdapterBlock(nn.Module):
-  """Point-MAE's block with a bottleneck adapter after attention and after the MLP."""
-  num_heads: int
-  mlp_ratio: float
-  bottleneck: int = 32
-  drop_path_rate: float = 0.0
+@dataclasses.dataclass(frozen=True)
+class Additions(transformer.Additions):
+  """A bottleneck adapter on the attention output and on the MLP output."""
+  dim: int = 32
   dtype: Any = jnp.float32
 
-  @nn.compact
-  def __call__(self, x: Array, train: bool) -> Array:
-    c = x.shape[-1]
-    drop_path = layers.DropPath(self.drop_path_rate)
-    h = transformer.Attention(self.num_heads, self.dtype, scale_shift=False,
-                              name='attn')(layers.layer_norm('norm1', self.dtype)(x))
-    x = x + drop_path(Bottleneck(self.bottleneck, self.dtype, name='adapter1')(h), not train)
-    m = transformer.Mlp(int(c * self.mlp_ratio), self.dtype, scale_shift=False,
-                        name='mlp')(layers.layer_norm('norm2', self.dtype)(x))
-    return x + drop_path(Bottleneck(self.bottleneck, self.dtype, name='adapter2')(m), not train)
+  def after_attention(self, h, train):
+    return Bottleneck(self.dim, self.dtype, name='adapter1')(h)
+
+  def mlp_output(self, y, m, carry, train):
+    return Bottleneck(self.dim, self.dtype, name='adapter2')(m)
+
+
+@dataclasses.dataclass(frozen=True)
+class Method(base.Method):
+  """Two adapters per block of bottleneck width `adapter_dim`."""
+  NAME = 'adapter'
+  OPTIONS = {'adapter_dim': 32}
+
+  adapter_dim: int = 32
+
+  def check(self, backbone):
+    base.positive_int('adapter_dim', self.adapter_dim)
+
+  def block_additions(self, index, enc):
+    return Additions(self.adapter_dim, enc.dtype)
+
+  def own_rules(self):
+    return ((r'/adapter[12]/', base.TRAINABLE),)

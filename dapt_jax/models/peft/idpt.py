@@ -14,13 +14,15 @@ Parameter names follow the release's module (conv1..3 and conv5/bn5: it has no c
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+import dataclasses
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
 from dapt_jax.models import layers
+from dapt_jax.models.peft import base
 
 Array = jax.Array
 
@@ -73,19 +75,46 @@ class EdgeConvPrompt(nn.Module):
     return prompt, prompt_pos
 
 
-def encode(blocks: Sequence[nn.Module], prompt_module: EdgeConvPrompt, layer: int, x: Array,
-           pos: Array, num_patches: int, train: bool) -> Array:
-  """x, pos: [B, 1 + G, C] → the last block's output [B, 2 + G, C] ([cls, prompt, patches]).
+@dataclasses.dataclass(frozen=True)
+class Method(base.Method):
+  """IDPT: the prompt module before block `idpt_prompt_layer`, `idpt_k` neighbours."""
+  NAME = 'idpt'
+  OPTIONS = {'idpt_prompt_layer': -1, 'idpt_k': 20}
 
-  Blocks before `layer` see [cls, patches]; the prompt is made from the patch tokens entering
-  block `layer` and inserted after the class token, with its position, from then on.
-  """
-  b, _, c = x.shape
-  for i, block in enumerate(blocks):
-    if i == layer:
-      prompt, prompt_pos = prompt_module(x[:, -num_patches:], train)
-      x = jnp.concatenate([x[:, :1], prompt.astype(x.dtype), x[:, -num_patches:]], axis=1)
-      pos = jnp.concatenate([pos[:, :1], jnp.broadcast_to(prompt_pos, (b, 1, c)).astype(pos.dtype),
-                             pos[:, -num_patches:]], axis=1)
-    x = block(x + pos, train)
-  return x
+  idpt_prompt_layer: int = -1
+  idpt_k: int = 20
+
+  def check(self, backbone):
+    k = base.positive_int('idpt_k', self.idpt_k)
+    if k > backbone['num_group']:
+      raise base.ModelConfigError(
+          f"model.idpt_k={k} exceeds model.num_group={backbone['num_group']} (each token needs "
+          'that many neighbours)')
+    layer, depth = self.idpt_prompt_layer, backbone['depth']
+    if not isinstance(layer, int) or not -depth <= layer < depth:
+      raise base.ModelConfigError(
+          f'model.idpt_prompt_layer={layer!r}: must be a block index in [{-depth}, {depth - 1}] '
+          '(negative counts from the end)')
+
+  def block_input(self, index, x, pos, state, enc, train):
+    """Blocks before the prompt layer see [lead, patches]; from it on, the prompt made from the
+    patch tokens entering it sits after the lead tokens, with its own position."""
+    if index == self.idpt_prompt_layer % enc.depth:
+      g, lead = enc.num_patches, enc.lead
+      module = EdgeConvPrompt(self.idpt_k, enc.axis_name, enc.dtype, name='idpt')
+      prompt, prompt_pos = module(x[:, -g:], train)
+      x = jnp.concatenate([x[:, :lead], prompt.astype(x.dtype), x[:, -g:]], axis=1)
+      pos = jnp.concatenate([pos[:, :lead], base.broadcast(prompt_pos, x.shape[0], pos.dtype),
+                             pos[:, -g:]], axis=1)
+    return x + pos, pos
+
+  def head_tokens(self, configured):
+    return ('cls', 'prompt', 'patch')  # the release's cls_type 'all'
+
+  def frozen_at_init(self):
+    return (r'^idpt/prompt_pos$',)
+
+  def trainable_rules(self, head_rules):
+    # The prompt position is never trained by the release (its name lacks `cls`).
+    return (((r'^idpt/prompt_pos$', base.FROZEN),) + base.CLS_RULES + tuple(head_rules)
+            + ((r'^idpt/', base.TRAINABLE),) + base.EVERYTHING_ELSE_FROZEN)

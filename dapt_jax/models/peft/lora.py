@@ -10,6 +10,7 @@ token and position, and the head.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, Callable
 
@@ -19,6 +20,7 @@ from flax import linen as nn
 
 from dapt_jax.models import layers
 from dapt_jax.models import transformer
+from dapt_jax.models.peft import base
 
 Array = jax.Array
 
@@ -55,28 +57,34 @@ def lora_dense(rank: int, alpha: float) -> Callable[..., nn.Module]:
   return make
 
 
-class LoRABlock(nn.Module):
-  """Point-MAE's block whose attention projections carry LoRA updates. [B, T, C] → same."""
-  num_heads: int
-  mlp_ratio: float
-  rank: int = 8
-  alpha: float = 8.0
-  drop_path_rate: float = 0.0
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: Array, train: bool) -> Array:
-    c = x.shape[-1]
-    drop_path = layers.DropPath(self.drop_path_rate)
-    attn = transformer.Attention(self.num_heads, self.dtype, scale_shift=False,
-                                 dense=_factory(self.rank, self.alpha), name='attn')
-    x = x + drop_path(attn(layers.layer_norm('norm1', self.dtype)(x)), not train)
-    m = transformer.Mlp(int(c * self.mlp_ratio), self.dtype, scale_shift=False,
-                        name='mlp')(layers.layer_norm('norm2', self.dtype)(x))
-    return x + drop_path(m, not train)
-
-
 @functools.lru_cache(maxsize=None)
 def _factory(rank: int, alpha: float) -> Callable[..., nn.Module]:
   # One factory object per (rank, alpha): module attributes compare equal across calls.
   return lora_dense(rank, alpha)
+
+
+@dataclasses.dataclass(frozen=True)
+class Additions(transformer.Additions):
+  """Attention's qkv and proj made by `lora_dense`."""
+  dense: Callable[..., nn.Module] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Method(base.Method):
+  """LoRA of rank `lora_rank`, scaled by `lora_alpha / lora_rank`."""
+  NAME = 'lora'
+  OPTIONS = {'lora_rank': 8, 'lora_alpha': 8.0}
+
+  lora_rank: int = 8
+  lora_alpha: float = 8.0
+
+  def check(self, backbone):
+    base.positive_int('lora_rank', self.lora_rank)
+    if not float(self.lora_alpha) > 0.0:
+      raise base.ModelConfigError(f'model.lora_alpha={self.lora_alpha!r}: must be positive')
+
+  def block_additions(self, index, enc):
+    return Additions(dense=_factory(self.lora_rank, float(self.lora_alpha)))
+
+  def own_rules(self):
+    return ((r'/lora_[ab]$', base.TRAINABLE),)

@@ -4,7 +4,8 @@ Spectral bases (no parameters; computed once per cloud from the FPS centres, no 
   - global: U [G, G], the eigenvectors (ascending eigenvalues) of the normalised Laplacian
     L = I − D^-½ W D^-½ of the centres' graph, W_ij = 1 / (d_ij / d_min + δ_ij), D = row sums of
     W + 1e-6, d_min = the smallest positive centre distance over the whole batch (over all
-    devices under pmap / shard_map, so results do not depend on the device count);
+    devices under pmap / shard_map, so results do not depend on the device count; padded
+    rows of an evaluation batch left out, so they do not depend on the padding either);
   - local: the centres sorted by their z-order key (of centre × 100), cut into G / local runs of
     `local` consecutive centres; one basis per run, as above (d_min over every run of the batch).
 
@@ -35,6 +36,7 @@ Deviations from the release, both forced by determinism:
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, NamedTuple, Optional
 
 import jax
@@ -43,6 +45,7 @@ from flax import linen as nn
 
 from dapt_jax.models import layers
 from dapt_jax.models import transformer
+from dapt_jax.models.peft import base
 
 Array = jax.Array
 
@@ -66,20 +69,27 @@ def _canonical_signs(vectors: Array) -> Array:
   return vectors * jnp.where(lead < 0, -1.0, 1.0).astype(vectors.dtype)
 
 
-def _min_positive(d: Array, axis_name: Optional[str]) -> Array:
-  m = jnp.min(jnp.where(d > 0, d, jnp.inf))
+def _min_positive(d: Array, axis_name: Optional[str], valid: Optional[Array]) -> Array:
+  """The smallest positive entry of d [M, n, n] over the graphs `valid` [M] marks (all when
+  None) and every device; 1 when there is none."""
+  positive = d > 0
+  if valid is not None:
+    positive = positive & valid[:, None, None]
+  m = jnp.min(jnp.where(positive, d, jnp.inf))
   if axis_name is not None:
     m = jax.lax.pmin(m, axis_name)
   return jnp.where(jnp.isfinite(m), m, 1.0)
 
 
-def graph_basis(points: Array, axis_name: Optional[str] = None) -> Array:
+def graph_basis(points: Array, axis_name: Optional[str] = None,
+                valid: Optional[Array] = None) -> Array:
   """points: [M, n, 3] → [M, n, n]: each graph's Laplacian eigenvectors as columns, ascending
-  eigenvalues, signs canonicalised; d_min over all M graphs (and devices)."""
+  eigenvalues, signs canonicalised; d_min over the M graphs `valid` [M] marks (padding left
+  out; all when None) and every device."""
   n = points.shape[-2]
   diff = points[:, :, None, :] - points[:, None, :, :]
   d = jnp.sqrt(jnp.sum(diff * diff, axis=-1))                               # [M, n, n]
-  d_min = _min_positive(d, axis_name)
+  d_min = _min_positive(d, axis_name, valid)
   eye = jnp.eye(n, dtype=points.dtype)
   d = jnp.where((d > 0) | (eye > 0), d, d_min)   # coincident distinct centres: closest pair
   w = 1.0 / (d / d_min + eye)
@@ -128,14 +138,20 @@ def _gather_rows(x: Array, idx: Array) -> Array:
   return jnp.take_along_axis(x, idx[..., None], axis=1)
 
 
-def spectral_bases(centers: Array, local: int, axis_name: Optional[str] = None) -> Bases:
-  """centers [B, G, 3] → the bases every PCSA of the forward pass uses (no gradient)."""
+def spectral_bases(centers: Array, local: int, axis_name: Optional[str] = None,
+                   valid: Optional[Array] = None) -> Bases:
+  """centers [B, G, 3] → the bases every PCSA of the forward pass uses (no gradient).
+
+  `valid` [B] bool marks the real clouds of a padded evaluation batch: d_min is taken over
+  those only, so a cloud's logits do not depend on the padding beside it.
+  """
   centers = jax.lax.stop_gradient(centers)
   b, g, _ = centers.shape
-  global_basis = graph_basis(centers, axis_name)
+  global_basis = graph_basis(centers, axis_name, valid)
   order, inverse = zorder(centers)
   runs = _gather_rows(centers, order).reshape(b * (g // local), local, 3)
-  local_basis = graph_basis(runs, axis_name).reshape(b, g // local, local, local)
+  run_valid = None if valid is None else jnp.repeat(valid.astype(bool), g // local)
+  local_basis = graph_basis(runs, axis_name, run_valid).reshape(b, g // local, local, local)
   return Bases(global_basis, local_basis, order, inverse)
 
 
@@ -170,23 +186,41 @@ class PCSA(nn.Module):
     return nn.Dense(c, kernel_init=nn.initializers.zeros, dtype=self.dtype, name='up')(a)
 
 
-class PGSTBlock(nn.Module):
-  """Point-MAE's block with PCSA: x = x + DropPath(Attn(norm1(x))); t = PCSA(x);
-  x = x + DropPath(Mlp(norm2(x))); x = x + t. Input and output [B, T, C]."""
-  num_heads: int
-  mlp_ratio: float
+@dataclasses.dataclass(frozen=True)
+class Additions(transformer.Additions):
+  """PCSA reads the stream after the attention residual; its output is added after the MLP
+  residual: x = x + DropPath(Mlp(norm2(x))) + PCSA(x)."""
   rank: int = 36
-  drop_path_rate: float = 0.0
   dtype: Any = jnp.float32
 
-  @nn.compact
-  def __call__(self, x: Array, bases: Bases, train: bool) -> Array:
-    c = x.shape[-1]
-    drop_path = layers.DropPath(self.drop_path_rate)
-    h = transformer.Attention(self.num_heads, self.dtype, scale_shift=False,
-                              name='attn')(layers.layer_norm('norm1', self.dtype)(x))
-    x = x + drop_path(h, not train)
-    t = PCSA(self.rank, self.dtype, name='pcsa')(x, bases)
-    m = transformer.Mlp(int(c * self.mlp_ratio), self.dtype, scale_shift=False,
-                        name='mlp')(layers.layer_norm('norm2', self.dtype)(x))
-    return x + drop_path(m, not train) + t
+  def before_mlp(self, x, context, carry, train):
+    carry['pcsa'] = PCSA(self.rank, self.dtype, name='pcsa')(x, context)
+
+  def after_block(self, x, carry, train):
+    return x + carry['pcsa']
+
+
+@dataclasses.dataclass(frozen=True)
+class Method(base.Method):
+  """PointGST: PCSA of width `pgst_rank` in every block; local runs of `pgst_local` centres."""
+  NAME = 'pointgst'
+  OPTIONS = {'pgst_rank': 36, 'pgst_local': 32}
+
+  pgst_rank: int = 36
+  pgst_local: int = 32
+
+  def check(self, backbone):
+    base.positive_int('pgst_rank', self.pgst_rank)
+    local = base.positive_int('pgst_local', self.pgst_local)
+    if local < 2 or backbone['num_group'] % local:
+      raise base.ModelConfigError(f'model.pgst_local={local}: must be at least 2 and divide '
+                                  f"model.num_group={backbone['num_group']}")
+
+  def context(self, centers, enc, valid=None):
+    return spectral_bases(centers, self.pgst_local, enc.axis_name, valid)
+
+  def block_additions(self, index, enc):
+    return Additions(self.pgst_rank, enc.dtype)
+
+  def own_rules(self):
+    return ((r'/pcsa/', base.TRAINABLE),)

@@ -1,0 +1,12 @@
+"""Linear probing as the releases run it: nothing added; only the class token, its position and
+the head train (SPEC §9)."""
+from __future__ import annotations
+
+import dataclasses
+
+from dapt_jax.models.peft import base
+
+
+@dataclasses.dataclass(frozen=True)
+class Method(base.Method):
+  NAME = 'linear'
