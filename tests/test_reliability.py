@@ -282,3 +282,16 @@ def test_bench_exits_non_zero_when_a_sub_run_fails(tmp_path, monkeypatch, capsys
   oom = {'status': 'oom', 'role': 'main', 'batch': 64}
   assert runner.failures([oom], plan) == []
   assert runner.failures([dict(oom, batch=32)], plan) == [dict(oom, batch=32)]
+
+
+def test_a_run_folder_held_by_another_run_is_refused_without_writing_to_its_log(tmp_path):
+  from dapt_jax import sweep  # pylint: disable=g-import-not-at-top
+  from dapt_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  run = sweep.Run(name='fold0_seed0', values=(('fold', 0),), overrides=('--config.data.fold=0',))
+  log = tmp_path / run.name / sweep.RUN_LOG
+  os.makedirs(log.parent)
+  log.write_text('the running run\n')
+  with workdir_lib.lock(str(log.parent)):  # a main.py started by hand in the run's folder
+    with pytest.raises(workdir_lib.WorkdirBusy, match='in use by another run'):
+      sweep.run_one(run, str(tmp_path), 'configs/modelnet_fewshot.py', [], sweep._Forward())  # pylint: disable=protected-access
+  assert log.read_text() == 'the running run\n'
