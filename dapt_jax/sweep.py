@@ -14,7 +14,14 @@ in its own workdir under --workdir, named by its place on each axis (`fold3_seed
 is resumable as any main.py run. Runs go one after another, each in a fresh process (JAX state
 isolated; a crash or preemption of one run loses nothing of the others). Re-running the command
 skips finished runs and resumes the unfinished one. SIGTERM is passed to the running run, which
-saves; the sweep then stops (re-run to go on).
+saves; the sweep then stops with exit status 3, as main.py does, so a scheduler requeues it.
+
+Before the first run starts, every planned run (each method, fold and seed, with the overrides)
+is checked as main.py checks a run (`dapt_jax.validate.check_run`: config, data files, model,
+init_from), in one child process so that this one never holds an accelerator while the runs
+train. A mistake in any run is one `error:` line and exit status 2, before anything trains or is
+written (`--check_only` stops after the check). The sweep holds a lock on --workdir while it runs,
+so a second sweep there is refused at once and writes nothing.
 
 After each run `summary.json` and `summary.md` in --workdir hold, per run, the final-epoch and
 the best-epoch test accuracy, and their mean ± std over the finished runs. Two protocols:
@@ -47,6 +54,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from dapt_jax import cli
 from dapt_jax import errors
 
 SUMMARY_JSON = 'summary.json'
@@ -121,6 +129,8 @@ flags.DEFINE_string('folds', None, 'Few-shot folds, e.g. 0-9 (sets --config.data
 flags.DEFINE_string('seeds', '0', 'Seeds, e.g. 0,1,2 (sets --config.seed).')
 flags.DEFINE_string('methods', None, 'PEFT methods, e.g. full,linear,vpt_deep,idpt,pointgst,lora,'
                     'adapter,dapt (sets --config.model.peft).')
+flags.DEFINE_bool('check_only', False, 'Check every planned run as main.py would (config, data '
+                  'files, model, init_from, existing run folders) and exit; nothing is written.')
 FLAGS = flags.FLAGS
 
 
@@ -463,6 +473,10 @@ def write_summary(root: str, summary: dict) -> None:
 # Running
 
 
+class Preempted(Exception):
+  """SIGTERM reached the sweep: the running run saved; re-running the command resumes."""
+
+
 class _Forward:
   """Passes SIGTERM on to the running child (which saves and exits) and remembers it."""
 
@@ -486,9 +500,18 @@ def _last_line(path: str) -> str:
   return lines[-1] if lines else ''
 
 
+def _free(workdir: str) -> None:
+  """WorkdirBusy (one line) when another run (a main.py started by hand) holds `workdir`: the
+  child would be refused, and its refusal would land in the running run's train.log."""
+  from dapt_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  with workdir_lib.lock(workdir):
+    pass
+
+
 def run_one(run: Run, root: str, spec: str, overrides: Sequence[str], forward: _Forward) -> int:
   """Trains one run with main.py in a child process; its output goes to <run>/train.log."""
   workdir = run.workdir(root)
+  _free(workdir)
   os.makedirs(workdir, exist_ok=True)
   cmd = [sys.executable, MAIN, f'--config={spec}', f'--workdir={workdir}', *overrides,
          *run.overrides]
@@ -506,13 +529,26 @@ def run_one(run: Run, root: str, spec: str, overrides: Sequence[str], forward: _
 
 
 def sweep(config, spec: str, root: str, runs: Sequence[Run], overrides: Sequence[str],
-          command: str, counts: Optional[dict] = None) -> dict:
-  """Runs what is not finished, in order, rewriting the summary after each. Returns it."""
+          command: str, counts: Optional[dict] = None,
+          forward: Optional[_Forward] = None) -> dict:
+  """Runs what is not finished, in order, rewriting the summary after each. Returns it.
+
+  Raises:
+    Preempted: SIGTERM arrived (passed on to the running run, which saved); the summary is
+      written first.
+  """
   last_epoch = int(config.num_epochs)
-  forward = _Forward()
+  forward = forward or _Forward()
   previous = signal.signal(signal.SIGTERM, forward)
+
+  def table():
+    return summarize([run_result(r, root, last_epoch) for r in runs], config, command, counts)
+
   try:
     for k, run in enumerate(runs, 1):
+      if forward.requested:
+        write_summary(root, table())
+        raise Preempted(f'stopped by SIGTERM before {run.name}')
       if run_result(run, root, last_epoch)['status'] == 'finished':
         print(f'[{k}/{len(runs)}] {run.name}: finished before, skipped', flush=True)
         continue
@@ -521,12 +557,12 @@ def sweep(config, spec: str, root: str, runs: Sequence[Run], overrides: Sequence
       t0 = time.time()
       code = run_one(run, root, spec, overrides, forward)
       log_path = os.path.join(run.workdir(root), RUN_LOG)
-      if forward.requested:
-        raise SweepError(f'stopped by SIGTERM during {run.name} (it saved); re-run the same '
-                         'command to resume')
+      if forward.requested or code == errors.EXIT_PREEMPTED:
+        write_summary(root, table())
+        raise Preempted(f'stopped by SIGTERM during {run.name} (it saved)')
       if code:
         detail = _last_line(log_path)
-        if code == 2 and detail.startswith('error: '):
+        if code == errors.EXIT_USER_ERROR and detail.startswith('error: '):
           raise SweepError(f'{run.name}: {detail[len("error: "):]}')
         raise RuntimeError(f'{run.name} failed (exit status {code}); see {log_path}: {detail}')
       row = run_result(run, root, last_epoch)
@@ -537,42 +573,109 @@ def sweep(config, spec: str, root: str, runs: Sequence[Run], overrides: Sequence
       else:
         print(f'[{k}/{len(runs)}] {run.name}: stopped before its last epoch '
               f'({_last_line(log_path)})', flush=True)
-      write_summary(root, summarize([run_result(r, root, last_epoch) for r in runs], config,
-                                    command, counts))
+      write_summary(root, table())
   finally:
     signal.signal(signal.SIGTERM, previous)
-  summary = summarize([run_result(r, root, last_epoch) for r in runs], config, command, counts)
+  summary = table()
   write_summary(root, summary)
   return summary
 
 
+# ---------------------------------------------------------------------------------------------
+# Checking every run before the first one starts
+
+CHECK_PREFIX = 'SWEEP_CHECKED '  # the check child's last stdout line: JSON of what it learned
+CHECK_CHILD_ENV = 'DAPT_JAX_SWEEP_CHECK_CHILD'  # set for that child: print the JSON line
+
+
+def check_runs(config, runs: Sequence[Run], root: str, methods: Optional[str]) -> dict:
+  """Checks every run as main.py checks one before it trains; returns {'counts': ...}.
+
+  Each run's config (the sweep's, overrides applied, with the run's axis values) goes through
+  what main.py runs before training: the folder dataset's class count
+  (`classes.fit_to_data`), then `validate.check_run` (fields, workdir, data files and their
+  contents, model shapes, init_from). Writes nothing (the folder dataset is prepared, as main.py
+  prepares it, into the TFDS folder).
+
+  Raises:
+    SweepError: the first run that main.py would refuse, named, with main.py's one line.
+  """
+  from dapt_jax import validate  # pylint: disable=g-import-not-at-top
+  from dapt_jax.data import classes  # pylint: disable=g-import-not-at-top
+  check_existing(config, runs, root)
+  for run in runs:
+    try:
+      cfg = classes.fit_to_data(run_config(config, run))
+      validate.check_run(cfg, run.workdir(root), 'train')
+    except errors.UserError as e:
+      raise SweepError(f'{run.name}: {errors.one_line(e)}') from None
+  counts = parameter_counts(config, parse_methods(methods)) if methods else None
+  return {'runs': len(runs), 'counts': counts}
+
+
+def _check_in_child(argv: Sequence[str], forward: _Forward) -> dict:
+  """`check_runs` in a child process (this one then never initialises an accelerator that the
+  runs need); its refusal becomes this process's SweepError, its other output is dropped."""
+  cmd = [sys.executable, '-m', 'dapt_jax.sweep', *argv, '--check_only']
+  forward.child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   env={**os.environ, CHECK_CHILD_ENV: '1'})
+  try:
+    out, err = forward.child.communicate()
+    code = forward.child.returncode
+  finally:
+    forward.child = None
+  if forward.requested:
+    raise Preempted('stopped by SIGTERM while checking the runs (nothing had started)')
+  result = [ln for ln in out.splitlines() if ln.startswith(CHECK_PREFIX)]
+  if code == 0 and result:
+    return json.loads(result[-1][len(CHECK_PREFIX):])
+  refusal = [ln for ln in err.splitlines() if ln.startswith('error: ')]
+  if code == errors.EXIT_USER_ERROR and refusal:
+    raise SweepError(refusal[-1][len('error: '):])
+  tail = (err.strip().splitlines() or ['(no output)'])[-1]
+  raise RuntimeError(f'checking the runs failed (exit status {code}): {tail}')
+
+
 def main(argv):
   del argv
+  forward = _Forward()
+  signal.signal(signal.SIGTERM, forward)
+  raw = sys.argv[1:]
+  if FLAGS.config is None:
+    errors.fail('--config is required, e.g. --config=configs/modelnet_fewshot.py')
   try:
-    if FLAGS.config is None:
-      raise SweepError('--config is required, e.g. --config=configs/modelnet_fewshot.py')
     if not FLAGS.workdir:
       raise SweepError('--workdir is required')
     if not os.path.isfile(MAIN):
       raise SweepError(f'{MAIN}: not found (run the sweep from a dapt-jax checkout)')
-    raw = sys.argv[1:]
     spec = config_spec(raw)
     overrides = config_overrides(raw)
     runs = plan_runs(FLAGS.config, {'methods': FLAGS.methods, 'folds': FLAGS.folds,
                                     'seeds': FLAGS.seeds}, overrides)
-    root = os.path.abspath(FLAGS.workdir)
-    if os.path.exists(root) and not os.path.isdir(root):
+    root = os.path.abspath(os.path.expanduser(FLAGS.workdir))
+    if os.path.lexists(root) and not os.path.isdir(root):
       raise SweepError(f'--workdir={FLAGS.workdir}: exists and is not a folder')
-    check_existing(FLAGS.config, runs, root)
-    # Each method's parameter counts (and a config each method can build), before anything runs.
-    counts = (parameter_counts(FLAGS.config, parse_methods(FLAGS.methods))
-              if FLAGS.methods else None)
-    os.makedirs(root, exist_ok=True)
-    command = 'python -m dapt_jax.sweep ' + ' '.join(raw)
-    summary = sweep(FLAGS.config, spec, root, runs, overrides, command, counts)
+    if FLAGS.check_only:
+      checked = check_runs(FLAGS.config, runs, root, FLAGS.methods)
+      print(f'{len(runs)} run(s) checked, none refused: {", ".join(r.name for r in runs)}')
+      if os.environ.get(CHECK_CHILD_ENV):
+        print(CHECK_PREFIX + json.dumps(checked), flush=True)
+      return
+    from dapt_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+    workdir_lib.check_writable(root)
+    # The lock first (a second sweep here is refused at once), then every run checked, then the
+    # runs. The lock removes the folder again if it made it and nothing was written.
+    with workdir_lib.lock(root):
+      checked = _check_in_child([a for a in raw if a != '--check_only'], forward)
+      command = 'python -m dapt_jax.sweep ' + ' '.join(raw)
+      summary = sweep(FLAGS.config, spec, root, runs, overrides, command, checked['counts'],
+                      forward)
   except errors.UserError as e:
-    print(f'error: {str(e).splitlines()[0] if str(e) else type(e).__name__}', file=sys.stderr)
-    sys.exit(2)
+    errors.report(e)
+    sys.exit(errors.EXIT_USER_ERROR)
+  except Preempted as e:
+    print(f'{e}; re-run the same command to resume', flush=True)
+    sys.exit(errors.EXIT_PREEMPTED)
   except KeyboardInterrupt:
     print('error: interrupted; re-run the same command to resume', file=sys.stderr)
     sys.exit(130)
@@ -583,4 +686,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)  # flag and override mistakes: one `error:` line

@@ -318,6 +318,7 @@ def _data(config, ctx: Context) -> None:
     return
   from dapt_jax import data as data_lib  # pylint: disable=g-import-not-at-top
   facts = data_lib.check_presence(config.data)
+  data_lib.check_contents(config.data)  # the files' contents, before anything is prepared or built
   ctx.data = facts
   name = config.data.name
   if (facts.num_classes is not None and 'num_classes' in config.model

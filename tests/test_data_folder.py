@@ -302,8 +302,12 @@ def test_train_evaluate_and_predict_through_main(tmp_path):
     assert {r['class'], r['class_2'], r['class_3']} == {'box', 'cone', 'cylinder'}
   assert f'wrote {workdir}/predictions.csv' in predicted.stdout
 
-  # A bad file: one line, exit 2, no workdir, nothing prepared for the changed folder (the copy
-  # of the old files is stale and dropped; no new one is left half-written).
+  # A bad file: one line, exit 2, no workdir; the failed rebuild leaves the copy of the old files
+  # exactly as it was (issue 23: a failed preparation never costs a good copy), nothing half-made.
+  def files():
+    return {p: os.stat(p).st_mtime_ns for p in glob.glob(str(tmp_path / 'tfds' / '**'),
+                                                         recursive=True) if os.path.isfile(p)}
+  kept = files()
   (root / 'train' / 'cone' / 'broken.stl').write_bytes(b'\0' * 80 + b'\x05\0\0\0' + b'\0' * 50)
   other = tmp_path / 'run2'
   bad = _main(*flags, f'--workdir={other}')
@@ -311,4 +315,5 @@ def test_train_evaluate_and_predict_through_main(tmp_path):
   assert bad.stderr.strip().splitlines()[-1] == (
       f'error: {root}/train/cone/broken.stl: binary STL declares 5 triangles (334 bytes) but '
       'the file has 134 bytes')
-  assert not other.exists() and _prepared(tmp_path) == []
+  assert not other.exists()
+  assert files() == kept and os.listdir(tmp_path / 'tfds') == ['folder']

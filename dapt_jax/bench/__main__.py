@@ -58,6 +58,11 @@ def _check_args(args) -> None:
       raise UsageError(f'--model: not valid JSON ({e})') from None
     if not isinstance(model, dict):
       raise UsageError(f'--model={args.model}: must be a JSON object, e.g. \'{{"depth": 2}}\'')
+    from dapt_jax.bench import spec as spec_lib  # pylint: disable=g-import-not-at-top
+    try:
+      spec_lib.check_model(model)
+    except ValueError as e:
+      raise UsageError(str(e)) from None
   from dapt_jax import workdir  # pylint: disable=g-import-not-at-top
   try:
     workdir.check_writable(args.out, what='--out')
@@ -129,7 +134,7 @@ def _child(spec_json: str) -> None:
   print(runner.RECORD_PREFIX + json.dumps(rec), flush=True)
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int | None:
   args = _parse(argv if argv is not None else sys.argv[1:])
   if args.one is not None:
     _child(args.one)
@@ -188,6 +193,14 @@ def main(argv=None) -> None:
   with open(os.path.join(args.out, 'bench.md'), 'w') as f:
     f.write(md)
   print(md)
+  failed = runner.failures(records, plan)
+  if failed:
+    r = failed[0]
+    print(f"error: {len(failed)} of {len(records)} benchmark runs failed (first: {r['framework']} "
+          f"{r['mode']} batch {r['batch']} N={r['num_points']} {r['dtype']}, {r['status']}: "
+          f"{r.get('error')}); the tables in {os.path.join(args.out, 'bench.md')} are incomplete",
+          file=sys.stderr, flush=True)
+    return 1
 
 
 if __name__ == '__main__':

@@ -137,6 +137,15 @@ class Plan:
     return spec_lib.make_spec(**base)
 
 
+def failures(records: list[dict], plan: Plan) -> list[dict]:
+  """The records of runs that failed. Running out of memory is a measurement, not a failure,
+  only where the batch search tried a doubled batch (it stops there); anywhere else it is."""
+  def searched(r):
+    return plan.search and r.get('role') == 'main' and r['batch'] not in plan.batches
+  return [r for r in records
+          if r.get('status') != 'ok' and not (r.get('status') == 'oom' and searched(r))]
+
+
 def _fits_next(rec: dict, plan: Plan, mem_limit: int) -> bool:
   """Whether doubling the batch is predicted to fit in host memory and the time budget."""
   if rec.get('status') != 'ok' or rec['batch'] * 2 > plan.max_batch:

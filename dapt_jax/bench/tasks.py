@@ -140,8 +140,15 @@ def _table(records: Sequence[dict]) -> str:
   return f"Training step by task, {records[0]['device']}\n\n" + '\n'.join(lines) + '\n'
 
 
+class _Parser(argparse.ArgumentParser):
+
+  def error(self, message):  # one `error:` line and status 2, not argparse's usage block
+    print(f'error: {message} (see python -m dapt_jax.bench.tasks --help)', file=sys.stderr)
+    sys.exit(2)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-  p = argparse.ArgumentParser(prog='python -m dapt_jax.bench.tasks',
+  p = _Parser(prog='python -m dapt_jax.bench.tasks',
                               description=__doc__.split('\n\n')[0])
   p.add_argument('--batch', type=int, default=None,
                  help="global batch (default: each config's recipe, 16 / 128 for pre-training)")
@@ -152,12 +159,16 @@ def main(argv: Sequence[str] | None = None) -> int:
   p.add_argument('--out', default=None, help='folder for seg_bench.json / seg_bench.md')
   p.add_argument('--one', default=None, help=argparse.SUPPRESS)  # child: one variant
   args = p.parse_args(argv)
+  for flag, value in (('batch', args.batch), ('points', args.points), ('steps', args.steps)):
+    if value is not None and value < 1:  # 0 would have meant the recipe batch, silently
+      print(f'error: --{flag}={value}: must be a positive integer', file=sys.stderr)
+      return 2
   if args.one:
     print('RECORD ' + json.dumps(measure(args.one, args.batch or RECIPE_BATCH[args.one],
                                          args.points, args.steps)))
     return 0
   variants = [v for v in args.variants.split(',') if v]
-  unknown = [v for v in variants if v not in VARIANTS]
+  unknown = [v for v in variants if v not in VARIANTS] or ([] if variants else [''])
   if unknown:
     print(f'error: --variants: unknown {unknown[0]!r} (choose from {", ".join(VARIANTS)})',
           file=sys.stderr)

@@ -30,6 +30,12 @@ def check_presence(dc):
   return checks.check_presence(dc)
 
 
+def check_contents(dc):
+  """See `dapt_jax.data.checks.check_contents`: the files' contents (before any preparation)."""
+  from dapt_jax.data import checks  # pylint: disable=g-import-not-at-top
+  checks.check_contents(dc)
+
+
 def __getattr__(name):
   # `data.augment`, `data.sources`, ... as attributes without importing them eagerly.
   import importlib  # pylint: disable=g-import-not-at-top

@@ -173,7 +173,8 @@ class SyntheticShapes(_LocalBuilder):
   name = 'synthetic_shapes'
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'Up to 12 classes.'}
-  BUILDER_CONFIGS = [synthetic_config(2000, 500, 1024, 10, 0)]
+  # No built-in config: every config is made at run time (`synthetic_config`), and TFDS refuses
+  # a run-time config named as a built-in one, so a built-in would clash with the user's own.
 
   def _info(self) -> tfds.core.DatasetInfo:
     names = synthetic.SHAPE_NAMES[:self.builder_config.num_classes]
@@ -259,7 +260,7 @@ class SyntheticParts(_LocalBuilder):
   name = 'synthetic_parts'
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'Up to 8 categories, 22 parts.'}
-  BUILDER_CONFIGS = [synthetic_parts_config(1024, 256, 2048, 8, 0)]
+  # No built-in config (see SyntheticShapes): configs come from `synthetic_parts_config`.
 
   def _info(self) -> tfds.core.DatasetInfo:
     names = synthetic_parts.CATEGORY_NAMES[:self.builder_config.num_categories]
@@ -311,7 +312,8 @@ class ModelNetFewshot(_LocalBuilder):
   name = 'modelnet_fewshot'
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'Point-BERT\'s ModelNetFewshot pickles, xyz only, unit sphere.'}
-  BUILDER_CONFIGS = [fewshot_config(5, 10, 0, '', modelnet_files.DEFAULT_CLASS_NAMES)]
+  # No built-in config (see SyntheticShapes): a built-in `5way10shot_fold0` made every real
+  # 5-way 10-shot fold 0 fail ("Cannot name a custom BuilderConfig the same as an available one").
   MANUAL_DOWNLOAD_INSTRUCTIONS = fewshot.INSTRUCTIONS
 
   def _info(self) -> tfds.core.DatasetInfo:

@@ -197,3 +197,52 @@ def _synthetic_parts(dc: Any) -> DataFacts:
     raise DataError(f'data.synthetic_num_categories={k}: must be in '
                     f'[{synthetic_parts.MIN_CATEGORIES}, {len(synthetic_parts.CATEGORIES)}]')
   return DataFacts(num_classes=k, points_per_cloud=None)
+
+
+# ----------------------------------------------------------------------------------------------
+# Contents: what a preparation would find wrong in the files themselves, found before anything is
+# prepared or a model built (run by `dapt_jax.validate` after the presence check).
+
+_CONTENT_CHECKS: dict[str, Callable[[Any], None]] = {}
+
+
+def register_contents(name: str) -> Callable[[Callable[[Any], None]], Callable[[Any], None]]:
+  """Registers `fn(dc)` that reads `data.name == name`'s source files and raises DataError."""
+  def decorate(fn):
+    _CONTENT_CHECKS[name] = fn
+    return fn
+  return decorate
+
+
+def check_contents(dc: Any) -> None:
+  """Reads and checks every source file of `dc` that its preparation would read, unless a prepared
+  copy of exactly these files exists (it was checked when it was made). Writes nothing.
+
+  Raises:
+    DataError: one line naming the file and what is wrong in it.
+  """
+  check = _CONTENT_CHECKS.get(str(dc.name))
+  if check is not None:
+    check(dc)
+
+
+@register_contents('modelnet_fewshot')
+def _fewshot_contents(dc: Any) -> None:
+  # The fold's structure, labels and clouds; memoised, so the builder of this process does not
+  # read the pickle again.
+  from dapt_jax.data import fewshot  # pylint: disable=g-import-not-at-top
+  way, shot, fold = fewshot.check_task(getattr(dc, 'way', 5), getattr(dc, 'shot', 10),
+                                       getattr(dc, 'fold', 0))
+  fewshot.load_fold(fewshot.fold_path(_data_dir(dc), way, shot, fold), way, shot)
+
+
+@register_contents('shapenet_part')
+def _shapenet_part_contents(dc: Any) -> None:
+  from dapt_jax.data import shapenet_part  # pylint: disable=g-import-not-at-top
+  from dapt_jax.data import sources  # pylint: disable=g-import-not-at-top
+  if sources.prepare_builder(dc, prepare=False) is not None:
+    return  # a prepared copy of these very files
+  p = shapenet_part.plan(_data_dir(dc))
+  for split in shapenet_part.SPLITS:  # columns (normals included), numbers, labels per category
+    for category, _, path in p.files[split]:
+      shapenet_part.read_shape(path, category)

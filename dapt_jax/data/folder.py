@@ -96,28 +96,62 @@ def _visible(name: str) -> bool:
   return not name.startswith('.')
 
 
-def _class_files(class_dir: str, ignored: list) -> list:
-  found = []
-  for dirpath, dirnames, filenames in os.walk(class_dir):
-    dirnames[:] = sorted(d for d in dirnames if _visible(d))
+def _inside(path: str, root: str) -> bool:
+  return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def check_link(path: str, root_real: str) -> None:
+  """Refuses a symbolic link that dangles or points into the dataset itself (`root_real`, the
+  real path of data.data_dir) or above it: such a link makes a class an alias of other clouds
+  (counted twice, under a second label) or a loop. A link to anywhere else is followed."""
+  if not os.path.islink(path):
+    return
+  target = os.readlink(path)
+  if not os.path.exists(path):
+    raise DataError(f'{path}: a dangling symbolic link (to {target}, which does not exist); '
+                    'remove it or point it at the files')
+  real = os.path.realpath(path)
+  if _inside(real, root_real) or _inside(root_real, real):
+    where = 'inside the dataset itself' if _inside(real, root_real) else 'a folder holding it'
+    raise DataError(f'{path}: a symbolic link to {real}, {where} (an alias or a loop: its clouds '
+                    'would count again); remove it, or link to files outside data.data_dir')
+
+
+def _class_files(class_dir: str, ignored: list, root_real: str) -> list:
+  found, seen = [], {os.path.realpath(class_dir)}
+  for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
+    keep = []
+    for d in sorted(d for d in dirnames if _visible(d)):
+      sub = os.path.join(dirpath, d)
+      check_link(sub, root_real)
+      real = os.path.realpath(sub)
+      if real in seen:  # a link outside the dataset that leads back to a folder already read
+        raise DataError(f'{sub}: a symbolic link to {real}, which is read already (a loop); '
+                        'remove it')
+      seen.add(real)
+      keep.append(d)
+    dirnames[:] = keep
     for name in sorted(filenames):
       if not _visible(name):
         continue
       path = os.path.join(dirpath, name)
+      check_link(path, root_real)
       (found if os.path.splitext(name)[1].lower() in clouds.EXTENSIONS else ignored).append(path)
   return found
 
 
-def _scan_split(split_dir: str, ignored: list) -> dict:
+def _scan_split(split_dir: str, ignored: list, root_real: str) -> dict:
   """class name → sorted files, for one split folder."""
   entries = sorted(e for e in os.listdir(split_dir) if _visible(e))
+  for e in entries:
+    check_link(os.path.join(split_dir, e), root_real)
   classes = [e for e in entries if os.path.isdir(os.path.join(split_dir, e))]
   ignored.extend(os.path.join(split_dir, e) for e in entries if e not in classes)
   if not classes:
     raise DataError(f'{split_dir}: no class folders; expected {split_dir}/<class>/<files>')
   out = {}
   for c in classes:
-    files = _class_files(os.path.join(split_dir, c), ignored)
+    files = _class_files(os.path.join(split_dir, c), ignored, root_real)
     if not files:
       raise DataError(f'{os.path.join(split_dir, c)}: empty class: no cloud or mesh files '
                       f'({" ".join(clouds.EXTENSIONS)})')
@@ -164,12 +198,19 @@ def plan(root: str, test_fraction: float = 0.2, split_seed: int = 0) -> Plan:
     raise DataError(f'{root}: no train/ folder; expected {root}/train/<class>/<files> (and '
                     'optionally test/ and val/)')
   ignored: list = []
-  by_split = {'train': _scan_split(train_dir, ignored)}
+  root_real = os.path.realpath(root)
+  check_link(train_dir, root_real)
+  by_split = {'train': _scan_split(train_dir, ignored, root_real)}
   names = tuple(by_split['train'])
+  if len(names) < 2:
+    raise DataError(f'{train_dir}: one class folder ({names[0]}); a classifier needs at least two '
+                    f'classes, each a folder {train_dir}/<class>/<files>')
   for split in ('val', 'test'):
     split_dir = os.path.join(root, split)
+    if os.path.lexists(split_dir):
+      check_link(split_dir, root_real)
     if os.path.isdir(split_dir):
-      by_split[split] = _scan_split(split_dir, ignored)
+      by_split[split] = _scan_split(split_dir, ignored, root_real)
       extra = [c for c in by_split[split] if c not in names]
       if extra:
         raise DataError(f'{os.path.join(split_dir, extra[0])}: class {extra[0]!r} is not in train/ '

@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -179,10 +178,11 @@ def _read_stamp(path: str) -> Optional[dict]:
     return None
 
 
-def prepare_builder(dc: Any) -> Any:
-  """Builds the TFDS dataset for `dc` if needed (or rebuilds it if the source files changed)."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+def prepare_builder(dc: Any, prepare: bool = True) -> Any:
+  """Builds the TFDS dataset for `dc` if needed (or rebuilds it if the source files changed).
 
+  With prepare=False nothing is built: the builder of a current prepared copy, or None.
+  """
   if dc.name == 'synthetic_shapes':  # validated before anything is generated
     from dapt_jax.data import synthetic  # pylint: disable=g-import-not-at-top
     k = int(dc.synthetic_num_classes)
@@ -208,31 +208,31 @@ def prepare_builder(dc: Any) -> Any:
   cls, kwargs, manual_dir, fp = _builder_spec(dc)
   tfds_dir = os.path.expanduser(str(_opt(dc, 'tfds_data_dir', config_lib.DEFAULT_TFDS_DATA_DIR)))
 
-  def make():
+  def make(root=tfds_dir):
     # TFDS warns about every config built at run time ("Using custom data configuration"); ours
     # are all made that way on purpose, so keep that one line out of the user's log.
     absl_logger = logging.getLogger('absl')
     absl_logger.addFilter(_drop_custom_config_warning)
     try:
-      return cls(data_dir=tfds_dir, file_format='array_record', **kwargs)
+      return cls(data_dir=root, file_format='array_record', **kwargs)
     finally:
       absl_logger.removeFilter(_drop_custom_config_warning)
 
   builder = make()
   prepared = os.path.join(builder.data_dir, 'dataset_info.json')
-  stamp_path = os.path.join(builder.data_dir, STAMP_FILE)
   if os.path.exists(prepared):
-    stamp = _read_stamp(stamp_path)
+    stamp = _read_stamp(os.path.join(builder.data_dir, STAMP_FILE))
     if stamp is not None and stamp.get('fingerprint') == fp:
       return builder
-    logging.warning('%s: the prepared copy in %s was made from other source files; rebuilding.',
-                    dc.name, builder.data_dir)
-    shutil.rmtree(builder.data_dir)
-    builder = make()
-  download_config = tfds.download.DownloadConfig(manual_dir=manual_dir, try_download_gcs=False)
-  builder.download_and_prepare(download_config=download_config)
-  with open(stamp_path, 'w') as f:
-    json.dump({'fingerprint': fp, 'data_dir': manual_dir, 'name': dc.name}, f)
+  if not prepare:
+    return None
+  if os.path.exists(prepared):
+    logging.warning('%s: the prepared copy in %s was made from other source files; rebuilding '
+                    '(it stays until the new copy is complete).', dc.name, builder.data_dir)
+  from dapt_jax.data import staging  # pylint: disable=g-import-not-at-top
+  staging.prepare(make, os.fspath(builder.data_dir), tfds_dir, manual_dir, STAMP_FILE,
+                  {'fingerprint': fp, 'data_dir': manual_dir, 'name': dc.name})
+  builder = make()
   return builder
 
 
