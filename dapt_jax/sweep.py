@@ -237,8 +237,23 @@ def check_existing(config, runs: Sequence[Run], root: str) -> None:
 # Results
 
 
-def _evals(workdir: str) -> dict[int, dict]:
-  """Evaluation records by epoch (the last one written for an epoch, after a resume)."""
+# The metric a run's row reports per task (its final and best epoch; the keys stay
+# `final_accuracy` / `best_accuracy`, and summary.json's `metric` names it).
+HEADLINE_METRICS = {'classification': 'accuracy', 'segmentation': 'instance_miou'}
+METRIC_LABELS = {'accuracy': 'Accuracy', 'instance_miou': 'Instance mIoU'}
+
+
+def headline_metric(config) -> str:
+  task = config.get('task', 'classification')
+  if task not in HEADLINE_METRICS:
+    raise SweepError(f'config.task={task!r}: the sweep tabulates '
+                     f'{", ".join(HEADLINE_METRICS)} runs')
+  return HEADLINE_METRICS[task]
+
+
+def _evals(workdir: str, metric: str = 'accuracy') -> dict[int, dict]:
+  """Evaluation records by epoch (the last one written for an epoch, after a resume), with
+  `metric` under 'accuracy'."""
   path = os.path.join(workdir, METRICS_FILE)
   out = {}
   if os.path.isfile(path):
@@ -246,8 +261,8 @@ def _evals(workdir: str) -> dict[int, dict]:
       for line in f:
         if line.strip():
           record = json.loads(line)
-          if record.get('split') == 'eval' and 'accuracy' in record:
-            out[int(record['epoch'])] = record
+          if record.get('split') == 'eval' and metric in record:
+            out[int(record['epoch'])] = dict(record, accuracy=record[metric])
   return out
 
 
@@ -283,9 +298,9 @@ def _resources(workdir: str) -> dict:
   return out
 
 
-def run_result(run: Run, root: str, last_epoch: int) -> dict:
-  """A run's row: final- and best-epoch accuracy once it has evaluated its last epoch."""
-  evals = _evals(run.workdir(root))
+def run_result(run: Run, root: str, last_epoch: int, metric: str = 'accuracy') -> dict:
+  """A run's row: final- and best-epoch `metric` once it has evaluated its last epoch."""
+  evals = _evals(run.workdir(root), metric)
   row = {'run': run.name, **dict(run.values), 'workdir': run.workdir(root),
          'epochs_evaluated': len(evals), **_resources(run.workdir(root))}
   if last_epoch not in evals:
@@ -388,6 +403,7 @@ def summarize(rows: Sequence[dict], config, command: str,
   methods = _method_summary(rows, dc.name, counts or {})
   return {
       **({'methods': methods, 'methods_protocol': METHODS_PROTOCOL} if methods else {}),
+      'metric': headline_metric(config),
       'command': command,
       'config': {'data': dc.name, 'num_epochs': config.num_epochs,
                  **({'way': dc.way, 'shot': dc.shot} if dc.name == 'modelnet_fewshot' else {})},
@@ -420,8 +436,9 @@ def _method_lines(summary: dict) -> list[str]:
   mib = lambda st: '—' if not st['n'] else f"{st['mean'] / 2**20:.1f}"
   msec = lambda st: '—' if not st['n'] else f"{1000 * st['mean']:.0f}"
   sources = {m['peak_source'] for m in ms.values() if m['peak_source']}
+  label = METRIC_LABELS[summary.get('metric', 'accuracy')]
   lines = ['', '## Methods', '',
-           "Accuracy in %, mean ± std over each method's finished runs (population std); step "
+           f"{label} in %, mean ± std over each method's finished runs (population std); step "
            'time and peak memory from the runs themselves'
            + (f" (peak: {', '.join(sorted(sources))})" if sources else '') + '.', '',
            '| method | trainable | final epoch | best epoch | published | step (ms) | '
@@ -436,14 +453,15 @@ def _method_lines(summary: dict) -> list[str]:
 
 
 def format_markdown(summary: dict) -> str:
+  label = METRIC_LABELS[summary.get('metric', 'accuracy')]
   axes = [a.name for a in AXES if any(a.name in r for r in summary['runs'])]
   lines = [f"# Sweep: {summary['config']['data']}"
            + (f" {summary['config']['way']}-way {summary['config']['shot']}-shot"
               if 'way' in summary['config'] else ''),
            '', f"`{summary['command']}`", '',
-           f"{summary['finished']} of {summary['total']} runs finished. Accuracy in %, "
+           f"{summary['finished']} of {summary['total']} runs finished. {label} in %, "
            'mean ± std over the finished runs (std: population, ddof 0).', '',
-           '| protocol | accuracy |', '|---|---|',
+           f'| protocol | {label.lower()} |', '|---|---|',
            f"| best epoch (selected on test; what papers report) | {_pm(summary['best_accuracy'])} |",
            f"| final epoch (no selection; honest) | {_pm(summary['final_accuracy'])} |"]
   if summary.get('published') and not summary.get('methods'):
@@ -542,14 +560,16 @@ def sweep(config, spec: str, root: str, runs: Sequence[Run], overrides: Sequence
   previous = signal.signal(signal.SIGTERM, forward)
 
   def table():
-    return summarize([run_result(r, root, last_epoch) for r in runs], config, command, counts)
+    metric = headline_metric(config)
+    return summarize([run_result(r, root, last_epoch, metric) for r in runs], config, command,
+                     counts)
 
   try:
     for k, run in enumerate(runs, 1):
       if forward.requested:
         write_summary(root, table())
         raise Preempted(f'stopped by SIGTERM before {run.name}')
-      if run_result(run, root, last_epoch)['status'] == 'finished':
+      if run_result(run, root, last_epoch, headline_metric(config))['status'] == 'finished':
         print(f'[{k}/{len(runs)}] {run.name}: finished before, skipped', flush=True)
         continue
       print(f'[{k}/{len(runs)}] {run.name}: training (log: '
@@ -565,7 +585,7 @@ def sweep(config, spec: str, root: str, runs: Sequence[Run], overrides: Sequence
         if code == errors.EXIT_USER_ERROR and detail.startswith('error: '):
           raise SweepError(f'{run.name}: {detail[len("error: "):]}')
         raise RuntimeError(f'{run.name} failed (exit status {code}); see {log_path}: {detail}')
-      row = run_result(run, root, last_epoch)
+      row = run_result(run, root, last_epoch, headline_metric(config))
       if row['status'] == 'finished':
         print(f"[{k}/{len(runs)}] {run.name}: final {_pct(row['final_accuracy'])} %, best "
               f"{_pct(row['best_accuracy'])} % (epoch {row['best_epoch']}), "

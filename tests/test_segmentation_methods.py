@@ -2,6 +2,7 @@
 builds, --mode=summary counts what its rules train, and one training step of the shared step
 function moves exactly the trainable parameters. A tiny model (2 blocks, width 16) on random
 batches; the segmentation task's end-to-end training is tests/test_segmentation_task.py."""
+import json
 import os
 import subprocess
 import sys
@@ -106,3 +107,37 @@ def test_summary_through_main_py():
                      text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS='cpu'))
   assert r.returncode == 0, r.stderr[-2000:]
   assert 'method: lora' in r.stdout and '/lora_[ab]$' in r.stdout
+
+
+SEG_SWEEP = ('--config.model.trans_dim=16', '--config.model.encoder_dims=16',
+             '--config.model.depth=2', '--config.model.num_heads=2', '--config.model.num_group=8',
+             '--config.model.group_size=8', '--config.model.rank=4',
+             '--config.model.feature_blocks=(0, 1)', '--config.model.label_dims=4',
+             '--config.model.propagation_dims=(16,)', '--config.model.head_dims=(8, 8)',
+             '--config.model.num_classes=3', '--config.model.num_parts=8',
+             '--config.model.vpt_prompts=2', '--config.data.num_points=64',
+             '--config.data.point_all=64', '--config.data.synthetic_points=128',
+             '--config.data.pool_points=128', '--config.data.synthetic_num_train=16',
+             '--config.data.synthetic_num_test=8', '--config.data.synthetic_num_categories=3',
+             '--config.batch_size=8', '--config.eval.batch_size=8', '--config.num_epochs=0',
+             '--config.progress_bar=False', '--config.log_every_steps=1')
+
+
+def test_methods_compare_on_segmentation_with_the_sweep(tmp_path):
+  """python -m dapt_jax.sweep --methods=dapt,vpt_deep on configs/shapenetpart.py: a row per
+  method, its counts and the instance mIoU of its run."""
+  workdir = tmp_path / 'seg_methods'
+  out = subprocess.run(
+      [sys.executable, '-m', 'dapt_jax.sweep', '--config=configs/shapenetpart.py:synthetic',
+       f'--workdir={workdir}', '--methods=dapt,vpt_deep', '--seeds=0', *SEG_SWEEP,
+       f'--config.data.tfds_data_dir={tmp_path / "tfds"}'],
+      cwd=ROOT, capture_output=True, text=True, timeout=900,
+      env={**os.environ, 'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': ''})
+  assert out.returncode == 0, out.stderr[-3000:]
+  s = json.loads((workdir / 'summary.json').read_text())
+  assert s['metric'] == 'instance_miou' and set(s['methods']) == {'dapt', 'vpt_deep'}
+  for m in s['methods'].values():
+    assert m['finished'] == 1 and 0.0 <= m['final_accuracy']['mean'] <= 1.0
+    assert 0 < m['trainable_parameters'] < m['total_parameters']
+  md = (workdir / 'summary.md').read_text()
+  assert '| vpt_deep |' in md and 'Instance mIoU in %' in md
