@@ -7,7 +7,6 @@ import sys
 import tempfile
 from typing import Sequence
 
-import numpy as np
 
 DESCRIPTION = """\
 Convert PyTorch checkpoints to dapt-jax and back.
@@ -121,33 +120,19 @@ def _to_flax(args) -> None:
 
 
 def _to_torch(args) -> None:
+  from convert import families  # pylint: disable=g-import-not-at-top
   from convert import to_torch  # pylint: disable=g-import-not-at-top
   from dapt_jax import pretrained  # pylint: disable=g-import-not-at-top
   dst = os.path.abspath(args.dst)
   _check_destination(dst, args.force)
-  torch = to_torch.import_torch()  # fail early when torch is missing
-  from convert import keymap  # pylint: disable=g-import-not-at-top
+  to_torch.import_torch()  # fail early when torch is missing
   variables = pretrained.load_converted(args.src, workdir_checkpoint='last')
-  container = 'base_model'
-  if keymap.is_seg_variables(variables):  # a part-segmentation run or converted checkpoint
-    fields = to_torch.seg_fields_for(args.src, args.config)
-    arrays = to_torch.seg_variables_to_arrays(variables, fields)
-    state_dict = {k: torch.from_numpy(np.array(v)) for k, v in arrays.items()}
-    container = to_torch.SEG_CONTAINER
-    layout = ("Point-MAE's part-segmentation layout" if not fields['dapt'] else
-              "Point-MAE's part-segmentation layout with the DAPT release's names for DAPT's parts")
-  elif keymap.is_mae_variables(variables):  # a pre-training run or converted Point-MAE checkpoint
-    arrays = to_torch.mae_variables_to_arrays(variables, to_torch.mae_fields_for(args.src,
-                                                                                 args.config))
-    state_dict = {k: torch.from_numpy(np.array(v)) for k, v in arrays.items()}
-    layout = "Point-MAE's pre-training layout (MAE_encoder, MAE_decoder, mask_token, ...)"
-  else:
-    fields = to_torch.fields_for(args.src, args.config)
-    state_dict = to_torch.variables_to_torch_state_dict(variables, fields)
-    layout = 'DAPT release layout'
-  to_torch.write_pth(state_dict, dst, args.force, container)
-  print(f'wrote {dst}: {{"{container}": state dict of {len(state_dict)} tensors}} in the '
-        f'{layout} (from {os.path.abspath(args.src)})')
+  family = families.for_variables(variables)
+  fields = to_torch.fields_for(family, args.src, args.config)
+  state_dict = to_torch.variables_to_torch_state_dict(variables, fields)
+  to_torch.write_pth(state_dict, dst, args.force, family.container)
+  print(f'wrote {dst}: {{"{family.container}": state dict of {len(state_dict)} tensors}} in the '
+        f'{family.torch_layout(fields)} (from {os.path.abspath(args.src)})')
   if args.verbose:
     for key, value in state_dict.items():
       print(f'  {key} {tuple(value.shape)}')

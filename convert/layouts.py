@@ -12,6 +12,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from convert import kinds
+from convert import methods
 from convert.errors import ConvertError
 
 # Where the state dict sits in the top-level dict, in the order looked for. The Point-MAE and
@@ -21,9 +23,6 @@ STATE_DICT_KEYS = ('base_model', 'model', 'state_dict', 'model_state_dict')
 
 # DataParallel / DistributedDataParallel wrap every key in this.
 MODULE_PREFIX = 'module.'
-
-# A key that only a DAPT fine-tuned model has (scale-shift pairs, adapters).
-_DAPT_ONLY = re.compile(r'(^|\.)tfts_(gamma|beta)_\d+$|(^|\.)Adapter_MLP\.')
 
 # A key that only ReCon's encoder has (its image/text tokens and their attention branch).
 _RECON_ONLY = re.compile(r'^MAE_encoder\.(img|text)_token$|_contrast\.')
@@ -38,7 +37,7 @@ _ENCODER_PROBE = 'encoder.first_conv.0.weight'
 # Ignore lists: source keys with no place in the DAPT classifier, and why. Patterns are matched
 # against the key after any `module.` prefix is removed.
 # ---------------------------------------------------------------------------------------------
-_COUNTER = (r'(^|\.)num_batches_tracked$', 'BatchNorm step counter (no Flax counterpart)')
+_COUNTER = (r'(^|\.)num_batches_tracked$', kinds.COUNTER_REASON)
 
 POINT_MAE_IGNORE = (
     # Point-MAE's pre-training model (Point_MAE): everything outside MAE_encoder belongs to the
@@ -94,20 +93,14 @@ BACKBONE_IGNORE = (
 )
 DAPT_IGNORE = (_COUNTER,)
 
-# Fine-tuned checkpoints of the other PEFT releases (dapt_jax/models/peft), told apart by their own keys.
-_IDPT_ONLY = re.compile(r'^blocks\.cls\.|^prompt_pos$')
-_POINTGST_ONLY = re.compile(r'\.gft_adapter\.')
-_VPT_ONLY = re.compile(r'^cls_prompt(_pos)?_list\.')
-
-
 @dataclasses.dataclass(frozen=True)
 class Layout:
   name: str          # short id, written to the report
   description: str   # one line for people
   prefix: str        # removed from the keys taken ('' for none)
   ignore: tuple      # ((regex, reason), ...)
-  complete: bool     # True: every model tensor must come from the file (fine-tuned DAPT)
-  method: str = 'dapt'  # the config.model.peft a complete checkpoint is a model of
+  complete: bool     # True: every model tensor must come from the file (a fine-tuned model)
+  method: str | None = None  # the config.model.peft a complete classifier checkpoint is a model of
 
 
 LAYOUTS = {
@@ -118,23 +111,22 @@ LAYOUTS = {
     'act': Layout('act', 'ACT pre-training (ACT_encoder.*)', 'ACT_encoder.', ACT_IGNORE, False),
     'point_bert': Layout('point_bert', 'Point-BERT pre-training (transformer_k.*)',
                          'transformer_k.', POINT_BERT_IGNORE, False),
-    'dapt': Layout('dapt', 'DAPT fine-tuned model (release key layout)', '', DAPT_IGNORE, True),
     'backbone': Layout('backbone', 'Point-MAE-style encoder without DAPT parts', '',
                        BACKBONE_IGNORE, False),
-    'idpt': Layout('idpt', 'IDPT fine-tuned model (release key layout, blocks.cls.*)', '',
-                   DAPT_IGNORE, True, 'idpt'),
-    'pointgst': Layout('pointgst', 'PointGST fine-tuned model (release key layout, '
-                       '*.gft_adapter.*)', '', DAPT_IGNORE, True, 'pointgst'),
-    'vpt_deep': Layout('vpt_deep', 'VPT-deep fine-tuned model (IDPT release key layout, '
-                       'cls_prompt_list.*)', '', DAPT_IGNORE, True, 'vpt_deep'),
+    # Fine-tuned classifiers of the PEFT methods with a release (convert/methods.py).
+    **{m: Layout(m, r.description, '', DAPT_IGNORE, True, m)
+       for m, r in methods.RELEASES.items() if r.own_keys},
     # Part segmentation: Point-MAE's fine-tuned network (`model_state_dict`), and this project's
     # DAPT segmentation network written back by `--to-torch` (the same keys plus DAPT's).
     'point_mae_seg': Layout('point_mae_seg', 'Point-MAE part segmentation fine-tuned', '',
                             DAPT_IGNORE, True),
     'dapt_seg': Layout('dapt_seg', 'DAPT part segmentation (dapt-jax export)', '', DAPT_IGNORE,
                        True),
+    # The whole masked autoencoder, read as such only when a pre-training config asks for it:
+    # strictly, its BatchNorm counters being the only keys without a variable.
+    'point_mae_full': Layout('point_mae_full', 'Point-MAE pre-training, the whole masked '
+                             'autoencoder', '', (), True),
 }
-SEGMENTATION_LAYOUTS = ('point_mae_seg', 'dapt_seg')
 
 
 @dataclasses.dataclass
@@ -187,20 +179,19 @@ def _detect(keys: list[str]) -> Layout | None:
     return LAYOUTS['act']
   if any(k.startswith('transformer_k.') for k in keys):
     return LAYOUTS['point_bert']
+  own = {m: re.compile(r.own_keys) for m, r in methods.RELEASES.items() if r.own_keys}
   if any(_SEGMENTATION_ONLY.search(k) for k in keys):
-    dapt = any(_DAPT_ONLY.search(k) for k in keys)
+    dapt = any(own['dapt'].search(k) for k in keys)
     return LAYOUTS['dapt_seg' if dapt else 'point_mae_seg']
   if _ENCODER_PROBE in keys or any(k.startswith('blocks.blocks.') for k in keys):
-    for name, only in (('dapt', _DAPT_ONLY), ('idpt', _IDPT_ONLY), ('pointgst', _POINTGST_ONLY),
-                       ('vpt_deep', _VPT_ONLY)):
-      if any(only.search(k) for k in keys):
-        return LAYOUTS[name]
-    return LAYOUTS['backbone']
+    return next((LAYOUTS[m] for m, rx in own.items() if any(rx.search(k) for k in keys)),
+                LAYOUTS['backbone'])
   return None
 
 
-def read_source(checkpoint: Any) -> Source:
-  """Finds the state dict, recognises its layout and renames its keys to release keys."""
+def read_source(checkpoint: Any, layout: Layout | None = None) -> Source:
+  """Finds the state dict, recognises its layout (unless given) and renames its keys to release
+  keys."""
   container, state_dict = find_state_dict(checkpoint)
   non_tensors = sorted(k for k, v in state_dict.items() if not isinstance(v, np.ndarray))
   if non_tensors:
@@ -213,7 +204,7 @@ def read_source(checkpoint: Any) -> Source:
     stripped[plain] = (key, value)
 
   keys = list(stripped)
-  layout = _detect(keys)
+  layout = layout or _detect(keys)
   outer = ''
   if layout is None and any(k.startswith('base_model.') for k in keys):
     # Saved with the wrapper's attribute name inside the dict (ReCon and others): look again
