@@ -14,6 +14,7 @@ import pytest
 from dapt_jax import data
 from dapt_jax import evaluate
 from dapt_jax import predict
+from dapt_jax import predict_io
 from dapt_jax import train
 from dapt_jax.data import folder_example as fx
 from tests import test_data_folder
@@ -42,17 +43,17 @@ def test_find_inputs_file_folder_and_glob(tmp_path):
   for rel in ('a/1.ply', 'a/b/2.npy', 'c.STL', 'notes.md', '.hidden.npy'):
     os.makedirs(os.path.dirname(tmp_path / rel), exist_ok=True)
     (tmp_path / rel).write_text('x')
-  found = predict.find_inputs(str(tmp_path))
+  found = predict_io.find_inputs(str(tmp_path))
   assert [os.path.relpath(p, tmp_path) for p in found] == ['c.STL', 'a/1.ply', 'a/b/2.npy']
-  assert predict.find_inputs(str(tmp_path / 'notes.md')) == [str(tmp_path / 'notes.md')]
-  assert predict.find_inputs(f'{tmp_path}/**/*.npy') == [str(tmp_path / 'a' / 'b' / '2.npy')]
+  assert predict_io.find_inputs(str(tmp_path / 'notes.md')) == [str(tmp_path / 'notes.md')]
+  assert predict_io.find_inputs(f'{tmp_path}/**/*.npy') == [str(tmp_path / 'a' / 'b' / '2.npy')]
   with pytest.raises(evaluate.InputError, match=r'matches no cloud or mesh file \(1 file'):
-    predict.find_inputs(f'{tmp_path}/*.md')
+    predict_io.find_inputs(f'{tmp_path}/*.md')
   with pytest.raises(evaluate.InputError, match='no such file'):
-    predict.find_inputs(str(tmp_path / 'missing.ply'))
+    predict_io.find_inputs(str(tmp_path / 'missing.ply'))
   os.makedirs(tmp_path / 'empty')
   with pytest.raises(evaluate.InputError, match='no cloud or mesh files in this folder'):
-    predict.find_inputs(str(tmp_path / 'empty'))
+    predict_io.find_inputs(str(tmp_path / 'empty'))
 
 
 def test_a_folder_gives_the_csv_with_class_names_batched_over_devices(run, tmp_path, caplog):
@@ -63,7 +64,7 @@ def test_a_folder_gives_the_csv_with_class_names_batched_over_devices(run, tmp_p
   fx.write_npy(str(inputs / 'small.npy'), small)
   with caplog.at_level(logging.WARNING, logger='dapt_jax'):
     result = predict.predict(config, workdir, str(inputs))
-  files = predict.find_inputs(str(inputs))
+  files = predict_io.find_inputs(str(inputs))
   assert result.files == files and len(files) == 13  # 8 + a last batch of 5 padded to 8
   warned = [r.getMessage() for r in caplog.records if 'resampled' in r.getMessage()]
   assert len(warned) == 1 and 'small.npy (20)' in warned[0] and 'fewer than 96' in warned[0]

@@ -1,6 +1,7 @@
 """Part segmentation through the shared training loop (dapt_jax/tasks/segmentation.py): views,
-training to well above chance on the synthetic parts, eval_test.json, the figure, and
---mode=predict --category= (in-process and through main.py)."""
+training to well above chance on the synthetic parts, eval_test.json, the figure
+(dapt_jax/figures.py), and --mode=predict --category= (dapt_jax/predict_parts.py, in-process and
+through main.py)."""
 import json
 import os
 import subprocess
@@ -11,6 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from dapt_jax import figures
+from dapt_jax import predict_parts
 from dapt_jax import segmentation_metrics as M
 from dapt_jax import train
 from dapt_jax.data import synthetic_parts
@@ -125,12 +128,14 @@ def test_trains_to_well_above_chance_and_evaluates(run):
 
 def test_figure_and_predict_in_process(run, tmp_path):
   config, _, workdir, _ = run
-  path = seg.save_figure(config, workdir)
+  line = figures.after_training(config, workdir, {'best_epoch': 12})
+  path = os.path.join(workdir, 'segmentation.png')
+  assert line == f'wrote {path} (test shapes coloured by predicted parts)'
   with open(path, 'rb') as f:
     assert f.read(8) == b'\x89PNG\r\n\x1a\n'
   cloud = synthetic_parts.generate(1, 300, 3, seed=5)[0][0] * 2.0 + 1.0  # any scale and place
   np.save(tmp_path / 'thing.npy', cloud)
-  [r] = seg.predict_parts(config, workdir, str(tmp_path / 'thing.npy'), 'Chair')
+  [r] = predict_parts.predict_parts(config, workdir, str(tmp_path / 'thing.npy'), 'Chair')
   assert r.category == 'chair' and r.part.shape == (300,)
   labels = np.load(r.npy_path)
   np.testing.assert_array_equal(labels, r.part)

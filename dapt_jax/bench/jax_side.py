@@ -1,6 +1,6 @@
-"""One measurement with dapt_jax's real steps (`dapt_jax.steps.make_steps`): compile time, the
-median train / eval step, peak memory, XLA's own analysis of the compiled step (memory plan, FLOPs,
-bytes, loops), FPS + kNN alone, and optionally a profiler trace."""
+"""One measurement with dapt_jax's real steps (`dapt_jax.tasks.classification.make_steps`):
+compile time, the median train / eval step, peak memory, XLA's own analysis of the compiled step
+(memory plan, FLOPs, bytes, loops), FPS + kNN alone, and optionally a profiler trace."""
 from __future__ import annotations
 
 import statistics
@@ -162,6 +162,7 @@ def measure(spec: dict) -> dict:
   from dapt_jax import optim  # pylint: disable=g-import-not-at-top
   from dapt_jax import partition  # pylint: disable=g-import-not-at-top
   from dapt_jax import steps  # pylint: disable=g-import-not-at-top
+  from dapt_jax.tasks import classification  # pylint: disable=g-import-not-at-top
   from dapt_jax.models import tokenizer  # pylint: disable=g-import-not-at-top
   from dapt_jax.data import augment  # pylint: disable=g-import-not-at-top
 
@@ -187,7 +188,7 @@ def measure(spec: dict) -> dict:
   state = steps.create_state(variables, labels, tx, jax.random.PRNGKey(spec['seed'] + 1))
   del variables
   parallel = steps.DataParallel(cfg.parallel, b)
-  train_step, eval_step = steps.make_steps(parallel, net, tx, n, cfg.data.point_all)
+  train_step, eval_step = classification.make_steps(parallel, net, tx, n, cfg.data.point_all)
   state = parallel.put_state(state)
   host_batch = clouds.ellipsoid_batch(b, n, cfg.model.num_classes, spec['seed'])
   batch = parallel.put_batch(host_batch)
