@@ -157,3 +157,67 @@ def test_bad_inputs_are_one_line_and_write_nothing(run, tmp_path):
     predict.predict(_with(config, init_from=workdir), None, str(inputs / '*'))
   with pytest.raises(evaluate.InputError, match='needs --workdir'):
     predict.predict(config, None, str(inputs / 'a_good.npy'))
+
+
+def test_output_names_follow_the_relative_path_and_never_collide(tmp_path):
+  paths = [str(tmp_path / 'a' / 'chair.ply'), str(tmp_path / 'b' / 'chair.ply'),
+           str(tmp_path / 'lamp.xyz')]
+  assert predict_io.output_names(paths, str(tmp_path), '_parts') == [
+      'a__chair_parts', 'b__chair_parts', 'lamp_parts']
+  assert predict_io.input_root(f'{tmp_path}/**/*.ply') == str(tmp_path)
+  with pytest.raises(evaluate.InputError) as e:  # same name but for the extension: refused
+    predict_io.output_names([str(tmp_path / 'chair.ply'), str(tmp_path / 'chair.npy')],
+                            str(tmp_path), '_parts')
+  assert str(e.value) == (f'{tmp_path}/chair.ply and {tmp_path}/chair.npy would both be written '
+                          'as chair_parts.*; rename one of them or predict them separately')
+
+
+def test_every_bad_file_of_a_folder_is_named_in_one_error(run, tmp_path):
+  _, workdir, config = run
+  out = tmp_path / 'out'
+  shutil.copytree(workdir, out)
+  (out / 'predictions.csv').write_text('file,class,probability\nearlier.npy,box,0.9\n')
+  inputs = tmp_path / 'in'
+  os.makedirs(inputs / 'sub')
+  fx.write_npy(str(inputs / 'a_good.npy'), np.random.default_rng(0).normal(size=(300, 3)))
+  (inputs / 'b_empty.txt').write_text('')
+  (inputs / 'sub' / 'c_three.xyz').write_text('0 0 0\n1 0 0\n0 1 0\n')
+  with pytest.raises(data.DataError) as e:
+    predict.predict(config, str(out), str(inputs))
+  msg = str(e.value)
+  assert '\n' not in msg and msg.startswith('2 of 3 input files cannot be used: '), msg
+  assert f'{inputs}/b_empty.txt: ' in msg and f'{inputs}/sub/c_three.xyz: ' in msg
+  assert 'a_good' not in msg  # the good file is not a culprit, and the earlier csv stays
+  assert (out / 'predictions.csv').read_text() == 'file,class,probability\nearlier.npy,box,0.9\n'
+
+
+
+def test_replacing_predictions_csv_is_said_and_a_foreign_file_is_kept(run, tmp_path):
+  root, workdir, config = run
+  out = tmp_path / 'out'
+  shutil.copytree(workdir, out)
+  csv_path = out / 'predictions.csv'
+  if csv_path.exists():
+    csv_path.unlink()
+  first = predict.predict(config, str(out), str(root / 'test'))
+  assert first.replaced is None and predict.summary(first).endswith(f'wrote {csv_path}')
+  one = sorted(os.listdir(root / 'test' / 'box'))[0]
+  second = predict.predict(config, str(out), str(root / 'test' / 'box' / one))
+  assert second.replaced == len(first.files) and len(_rows(csv_path)) == 1
+  assert predict.summary(second).splitlines()[-1] == (
+      f'wrote {csv_path} (replacing the earlier one of {len(first.files)} file(s))')
+  csv_path.write_text('my notes\n')  # not written by --mode=predict: never replaced
+  with pytest.raises(evaluate.InputError, match='is not a predictions file written by'):
+    predict.predict(config, str(out), str(root / 'test'))
+  assert csv_path.read_text() == 'my notes\n'
+
+
+def test_a_workdir_that_does_not_exist_is_named(run, tmp_path):
+  root, workdir, config = run
+  missing = tmp_path / 'no_such_run'
+  with pytest.raises(evaluate.InputError) as e:
+    predict.run(_with(config, init_from=workdir), str(missing), str(root / 'test'))
+  assert str(e.value).startswith(f'--workdir={missing}: no such folder')
+  assert not missing.exists()
+  with pytest.raises(evaluate.InputError, match='only part-segmentation configs take a category'):
+    predict.run(config, workdir, str(root / 'test'), 'Chair')

@@ -12,6 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from dapt_jax import data as data_lib
+from dapt_jax import evaluate
 from dapt_jax import figures
 from dapt_jax import predict_parts
 from dapt_jax import segmentation_metrics as M
@@ -143,6 +145,41 @@ def test_figure_and_predict_in_process(run, tmp_path):
   with open(r.ply_path, 'rb') as f:
     head = f.read(400).split(b'end_header\n')[0].decode()
   assert 'element vertex 300' in head and 'property uchar red' in head
+
+
+def test_predict_a_folder_names_outputs_by_relative_path_and_every_bad_file(run, tmp_path):
+  config, _, workdir, _ = run
+  inputs = tmp_path / 'scans'
+  for sub, seed in (('a', 7), ('b', 8)):  # two files of the same name in two folders
+    os.makedirs(inputs / sub)
+    np.savetxt(inputs / sub / 'chair.xyz', synthetic_parts.generate(1, 150, 3, seed=seed)[0][0])
+  results = predict_parts.predict_parts(config, workdir, str(inputs), 'chair')
+  assert [r.npy_path for r in results] == [os.path.join(workdir, 'a__chair_parts.npy'),
+                                           os.path.join(workdir, 'b__chair_parts.npy')]
+  for r in results:
+    np.testing.assert_array_equal(np.load(r.npy_path), r.part)
+    assert os.path.isfile(r.ply_path) and not r.replaced
+  assert not np.array_equal(results[0].part, results[1].part)  # neither overwrote the other
+  again = predict_parts.predict_parts(config, workdir, str(inputs / 'a' / 'chair.xyz'), 'chair')
+  assert again[0].npy_path == os.path.join(workdir, 'chair_parts.npy') and not again[0].replaced
+  again = predict_parts.predict_parts(config, workdir, str(inputs), 'chair')
+  assert all(r.replaced for r in again)
+  assert predict_parts.summary(again).splitlines()[-1] == (
+      f'replaced the earlier --mode=predict outputs of 2 cloud(s): {inputs}/a/chair.xyz, '
+      f'{inputs}/b/chair.xyz')
+  # Bad files: every one named in one line, before the model is built; nothing written.
+  (inputs / 'a' / 'empty.txt').write_text('')
+  (inputs / 'b' / 'few.xyz').write_text('0 0 0\n1 0 0\n')
+  before = sorted(os.listdir(workdir))
+  with pytest.raises(data_lib.DataError) as e:
+    predict_parts.predict_parts(config, workdir, str(inputs), 'chair')
+  msg = str(e.value)
+  assert '\n' not in msg and msg.startswith('2 of 4 input files cannot be used: ')
+  assert f'{inputs}/a/empty.txt: ' in msg and f'{inputs}/b/few.xyz: 2 point(s)' in msg
+  assert sorted(os.listdir(workdir)) == before
+  with pytest.raises(evaluate.InputError, match=r'^--workdir=\S+/nope: no such folder'):
+    predict_parts.predict_parts(config, str(tmp_path / 'nope'), str(inputs / 'a'), 'chair')
+  assert not (tmp_path / 'nope').exists()
 
 
 def test_predict_through_main(run, tmp_path):

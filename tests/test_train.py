@@ -264,10 +264,16 @@ def test_main_reports_user_errors_in_one_line(tmp_path):
   typo = _main('--config=configs/synthetic.py', f'--workdir={tmp_path}/w2',
                '--config.optim.learning_rate=1.0')
   assert typo.returncode != 0 and 'learning_rate' in typo.stderr
-  bad_input = _main('--config=configs/synthetic.py', f'--workdir={tmp_path}/w3',
+  bad_input = _main('--config=configs/synthetic.py', f'--workdir={tmp_path}',
                     '--mode=predict', f'--input={tmp_path}/missing.ply')
   assert bad_input.returncode == 2
   assert bad_input.stderr.strip().splitlines()[-1] == f'error: {tmp_path}/missing.ply: no such file'
+  no_workdir = _main('--config=configs/synthetic.py', f'--workdir={tmp_path}/w3',
+                     '--mode=predict', f'--input={tmp_path}/missing.ply')
+  assert no_workdir.returncode == 2 and 'Traceback' not in no_workdir.stderr
+  assert no_workdir.stderr.strip().splitlines()[-1] == (
+      f'error: --workdir={tmp_path}/w3: no such folder; --mode=predict reads a training run '
+      'from its workdir and writes its outputs there')
 
 
 def test_training_workdir_converts_to_torch_and_loads_as_init_from(tmp_path):
