@@ -120,13 +120,19 @@ def _with(config, **fields):
   return c
 
 
-def test_bad_inputs_are_one_line_and_write_nothing(run, tmp_path):
-  _, workdir, config = run
+def _fresh_copy(workdir, tmp_path):
+  """(a copy of the trained workdir without predictions.csv, where its CSV would go)."""
   out = tmp_path / 'out'
   shutil.copytree(workdir, out)
   csv_path = out / 'predictions.csv'
   if csv_path.exists():
     csv_path.unlink()
+  return out, csv_path
+
+
+def test_bad_inputs_are_one_line_and_write_nothing(run, tmp_path):
+  _, workdir, config = run
+  out, csv_path = _fresh_copy(workdir, tmp_path)
   inputs = tmp_path / 'in'
   os.makedirs(inputs)
   good = np.random.default_rng(0).normal(size=(300, 3))
@@ -194,11 +200,7 @@ def test_every_bad_file_of_a_folder_is_named_in_one_error(run, tmp_path):
 
 def test_replacing_predictions_csv_is_said_and_a_foreign_file_is_kept(run, tmp_path):
   root, workdir, config = run
-  out = tmp_path / 'out'
-  shutil.copytree(workdir, out)
-  csv_path = out / 'predictions.csv'
-  if csv_path.exists():
-    csv_path.unlink()
+  out, csv_path = _fresh_copy(workdir, tmp_path)
   first = predict.predict(config, str(out), str(root / 'test'))
   assert first.replaced is None and predict.summary(first).endswith(f'wrote {csv_path}')
   one = sorted(os.listdir(root / 'test' / 'box'))[0]
