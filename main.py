@@ -115,11 +115,10 @@ def main(argv):
               + (f'; {best_text}' if best_text else ''))
       if summary['stopped'] == 'preempted':
         return errors.EXIT_PREEMPTED  # a scheduler requeues on this status
-      if config.task == 'segmentation' and summary['best_epoch'] is not None:
-        from dapt_jax.tasks import segmentation  # pylint: disable=g-import-not-at-top
-        figure = segmentation.save_figure(config, FLAGS.workdir)
-        if figure:
-          print(f'wrote {figure} (test shapes coloured by predicted parts)')
+      from dapt_jax import figures  # pylint: disable=g-import-not-at-top
+      figure = figures.after_training(config, FLAGS.workdir, summary)  # the task's own, if any
+      if figure:
+        print(figure)
     elif FLAGS.mode == 'summary':
       from dapt_jax import summary as summary_lib  # pylint: disable=g-import-not-at-top
       print(summary_lib.summarize(config))
@@ -133,13 +132,9 @@ def main(argv):
       print(f"{m['split']}: {m['description']} over {m['num_samples']} samples "
             f"(votes={m['votes']}) of {m['checkpoint']}; wrote "
             f"{FLAGS.workdir}/eval_{m['split']}.json")
-    elif config.task == 'segmentation':
-      from dapt_jax.tasks import segmentation  # pylint: disable=g-import-not-at-top
-      print(segmentation.predict_summary(segmentation.predict_parts(
-          config, FLAGS.workdir, FLAGS.input, FLAGS.category)))
-    else:
+    else:  # predict: the task says what it makes of the input files
       from dapt_jax import predict  # pylint: disable=g-import-not-at-top
-      print(predict.summary(predict.predict(config, FLAGS.workdir, FLAGS.input)))
+      print(predict.run(config, FLAGS.workdir, FLAGS.input, FLAGS.category))
   except errors.UserError as e:
     errors.report(e)
     errors.exit_now(errors.EXIT_USER_ERROR)  # no background save/restore left to wait for

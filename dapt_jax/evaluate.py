@@ -4,10 +4,12 @@ Reading users' cloud files lives in `dapt_jax.data.clouds`; `--mode=predict` in 
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
+import jax
 import numpy as np
 
+from dapt_jax import data as data_lib
 from dapt_jax import errors
 
 
@@ -63,6 +65,20 @@ def collect_outputs(eval_fn: Callable, put_batch: Callable, gather: Callable,
         host.setdefault(k, []).append(np.asarray(gather(np.asarray(v)))[mask])
   return ({k: np.concatenate(v) for k, v in outs.items()},
           {k: np.concatenate(v) for k, v in host.items()})
+
+
+def evaluate_source(eval_fn: Callable, parallel: Any, source: Any, info: Any, batch_size: int,
+                    task: Any) -> tuple[dict, dict[str, np.ndarray], dict[str, np.ndarray]]:
+  """(the task's metrics, per-sample outputs, host fields) over every sample of `source` once.
+
+  eval_fn: a device batch → the task's per-sample outputs (the wrapped eval step with its state
+  bound); parallel: a `steps.DataParallel`; task: a `dapt_jax.tasks` task (device_fields and
+  eval_metrics are read).
+  """
+  batches = data_lib.EvalLoader(source, batch_size, jax.process_index(), jax.process_count())
+  outputs, host = collect_outputs(eval_fn, parallel.put_batch, parallel.gather, batches,
+                                  task.device_fields)
+  return task.eval_metrics(outputs, host, info), outputs, host
 
 
 def collect(eval_fn: Callable, put_batch: Callable, gather: Callable,

@@ -1,15 +1,21 @@
-r"""--mode=predict: class probabilities for every cloud in a file, a folder or a glob.
+r"""--mode=predict, one entry for every task (`run`): the task names what it predicts
+(`Task.prediction`), `PREDICTORS` says who does it. Classification lives here; part segmentation
+in `dapt_jax.predict_parts`.
+
+Classification: class probabilities for every cloud in a file, a folder or a glob.
 
     python main.py --config=configs/folder.py --workdir=runs/mine --mode=predict --input=scans/
     python main.py --config=configs/folder.py --workdir=runs/mine --mode=predict \
         --input='scans/**/*.ply'
 
 Writes `<workdir>/predictions.csv` (file, top-1 class and probability, then the next four classes
-with theirs), one row per file in sorted path order; a single file's top-5 is also printed. The
-weights are the workdir's best checkpoint (else `--config.init_from`), and the class names the
-run's own `<workdir>/classes.json` (else the init_from workdir's, else the dataset's official
-list or class folders). Every file is read and checked before the model is built, so a bad file
-costs one line and leaves nothing written.
+with theirs), one row per file in sorted path order; a single file's top-5 is also printed. An
+earlier predictions.csv is replaced, and the printout says so; a file of that name that
+--mode=predict did not write is refused. The weights are the workdir's best checkpoint (else
+`--config.init_from`), and the class names the run's own `<workdir>/classes.json` (else the
+init_from workdir's, else the dataset's official list or class folders). Every file is read and
+checked before the model is built, so bad files cost one line naming every one of them and leave
+nothing written.
 
 Each cloud is prepared as the run's data was: for the folder dataset the same up axis, surface
 sampling, farthest point sampling to `data.folder_points` and normalisation; ModelNet40 clouds
@@ -22,7 +28,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import functools
-import glob
 import json
 import logging
 import os
@@ -34,11 +39,12 @@ import optax
 
 from dapt_jax import data as data_lib
 from dapt_jax import evaluate as eval_lib
+from dapt_jax import predict_io
+from dapt_jax import predict_parts
 from dapt_jax import steps as steps_lib
 from dapt_jax import tasks
-from dapt_jax import train
+from dapt_jax import weights
 from dapt_jax.data import classes as classes_lib
-from dapt_jax.data import clouds
 from dapt_jax.data import folder
 from dapt_jax.data.errors import DataError
 
@@ -57,35 +63,11 @@ class Predictions:
   class_names: list
   probs: np.ndarray  # [files, classes] float64
   csv_path: Optional[str]  # where the CSV was written (None: not written)
+  replaced: Optional[int] = None  # rows of the earlier predictions.csv it replaced (None: none)
 
   def top(self, i: int, k: int = TOP_K) -> list[tuple[str, float]]:
     order = np.argsort(-self.probs[i], kind='stable')[:k]
     return [(self.class_names[c], float(self.probs[i, c])) for c in order]
-
-
-def find_inputs(spec: str) -> list[str]:
-  """A file, a folder (every cloud or mesh file under it, recursively) or a glob → sorted paths."""
-  spec = os.path.expanduser(spec)
-  if os.path.isfile(spec):
-    return [spec]
-  if os.path.isdir(spec):
-    found = []
-    for dirpath, dirnames, filenames in os.walk(spec):
-      dirnames[:] = sorted(d for d in dirnames if not d.startswith('.'))
-      found += [os.path.join(dirpath, f) for f in sorted(filenames)
-                if not f.startswith('.') and os.path.splitext(f)[1].lower() in clouds.EXTENSIONS]
-    if not found:
-      raise eval_lib.InputError(f'{spec}: no cloud or mesh files in this folder '
-                                f'({" ".join(clouds.EXTENSIONS)})')
-    return found
-  if glob.has_magic(spec):
-    matched = sorted(p for p in glob.glob(spec, recursive=True) if os.path.isfile(p))
-    found = [p for p in matched if os.path.splitext(p)[1].lower() in clouds.EXTENSIONS]
-    if not found:
-      other = f' ({len(matched)} file(s) of other types)' if matched else ''
-      raise eval_lib.InputError(f'{spec}: matches no cloud or mesh file{other}')
-    return found
-  raise eval_lib.InputError(f'{spec}: no such file')
 
 
 def _settings(dc: Any) -> folder.Settings:
@@ -133,12 +115,11 @@ def load_inputs(paths: list, config: Any, progress: bool = True) -> np.ndarray:
 
   s = _settings(config.data)
   minimum = int(config.model.group_size)
-  raw = []
   with tqdm(total=len(paths), desc='predict: reading', unit='file', leave=False,
             disable=not progress or jax.process_index() != 0) as bar:
-    for p in paths:  # the bar is cleared before an error line
-      raw.append(folder.read(p, s, minimum, seed=0))
-      bar.update(1)
+    # Every file is read, so one error names every bad one; the bar is cleared before it.
+    raw = predict_io.read_all(paths, lambda p: folder.read(p, s, minimum, seed=0),
+                              lambda: bar.update(1))
   points, resampled = folder.prepare(raw, s, [0] * len(raw))
   folder.warn_resampled([paths[i] for i in resampled], [raw[i].shape[0] for i in resampled],
                         s.points, 'predict')
@@ -153,7 +134,10 @@ def predict(config: Any, workdir: Optional[str], input_spec: str) -> Predictions
   if workdir is None and not config.init_from:
     raise eval_lib.InputError('--mode=predict needs --workdir (a training run) or '
                               '--config.init_from (a converted checkpoint)')
-  paths = find_inputs(input_spec)
+  predict_io.check_workdir(workdir)
+  csv_path = os.path.join(workdir, PREDICTIONS_FILE) if workdir is not None else None
+  earlier = _earlier_rows(csv_path)
+  paths = predict_io.find_inputs(input_spec)
   if workdir is None and len(paths) > 1:
     raise eval_lib.InputError(f'{input_spec}: {len(paths)} files; --mode=predict writes their '
                               f'{PREDICTIONS_FILE} into --workdir, so give one')
@@ -167,9 +151,9 @@ def predict(config: Any, workdir: Optional[str], input_spec: str) -> Predictions
   points = load_inputs(paths, config, config.progress_bar)
 
   task = tasks.get_task(config)
-  net, variables, labels = train.build(config, task)
-  variables, weights = train._variables_for_eval(config, workdir, net, variables, labels)  # pylint: disable=protected-access
-  log.info('Predicting %d file(s) with %s; classes from %s', len(paths), weights, origin)
+  net, variables, labels = weights.build(config, task)
+  variables, checkpoint = weights.for_eval(config, workdir, variables)
+  log.info('Predicting %d file(s) with %s; classes from %s', len(paths), checkpoint, origin)
   state = steps_lib.create_state(variables, labels, optax.identity(), jax.random.PRNGKey(0))
   evaluate = parallel.wrap_eval(functools.partial(steps_lib.eval_step, task=task, net=net))
   run = lambda state, batch: evaluate(state, batch)['logits']
@@ -183,10 +167,26 @@ def predict(config: Any, workdir: Optional[str], input_spec: str) -> Predictions
   logits, _ = eval_lib.collect(lambda b: run(state_dev, b), parallel.put_batch, parallel.gather,
                                batches)
   probs = eval_lib.softmax(np.asarray(logits, np.float64))
-  result = Predictions(paths, list(names), probs, None)
-  if workdir is not None and jax.process_index() == 0:
-    result.csv_path = write_csv(result, os.path.join(workdir, PREDICTIONS_FILE))
+  result = Predictions(paths, list(names), probs, None, earlier)
+  if csv_path is not None and jax.process_index() == 0:
+    result.csv_path = write_csv(result, csv_path)
   return result
+
+
+def _earlier_rows(path: Optional[str]) -> Optional[int]:
+  """The rows of an earlier predictions.csv at `path` (None: there is none). Refuses a file of
+  that name that --mode=predict did not write: it is the user's, never to be replaced."""
+  if path is None or not os.path.lexists(path):
+    return None
+  try:
+    with open(path, newline='') as f:
+      rows = list(csv.reader(f))
+  except (OSError, UnicodeDecodeError, csv.Error):
+    rows = []
+  if not rows or rows[0][:3] != ['file', 'class', 'probability'] or not os.path.isfile(path):
+    raise eval_lib.InputError(f'{path} exists and is not a predictions file written by '
+                              '--mode=predict; move it away or predict into another workdir')
+  return len(rows) - 1
 
 
 def write_csv(result: Predictions, path: str) -> str:
@@ -219,5 +219,37 @@ def summary(result: Predictions) -> str:
     lines.append(f'{len(result.files)} files: ' + ', '.join(
         f'{n} {c}' for c, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))))
   if result.csv_path:
-    lines.append(f'wrote {result.csv_path}')
+    lines.append(f'wrote {result.csv_path}' + (
+        f' (replacing the earlier one of {result.replaced} file(s))'
+        if result.replaced is not None else ''))
   return '\n'.join(lines)
+
+
+def _predict_classes(config: Any, workdir: Optional[str], input_spec: str,
+                     category: Optional[str]) -> str:
+  if category:
+    raise eval_lib.InputError(f'--category={category}: only part-segmentation configs take a '
+                              'category; this config classifies whole clouds')
+  return summary(predict(config, workdir, input_spec))
+
+
+def _predict_parts(config: Any, workdir: Optional[str], input_spec: str,
+                   category: Optional[str]) -> str:
+  return predict_parts.summary(predict_parts.predict_parts(config, workdir, input_spec, category))
+
+
+# Task.prediction → fn(config, workdir, input spec, category) → the lines main.py prints.
+PREDICTORS = {
+    'classes': _predict_classes,
+    'parts': _predict_parts,
+}
+
+
+def run(config: Any, workdir: Optional[str], input_spec: str,
+        category: Optional[str] = None) -> str:
+  """--mode=predict for the config's task: writes its outputs, returns what to print."""
+  task = tasks.get_task(config)
+  if task.prediction is None:
+    raise eval_lib.InputError(f'config.task={task.name!r} has no per-file prediction (use '
+                              '--mode=eval)')
+  return PREDICTORS[task.prediction](config, workdir, input_spec, category)

@@ -198,15 +198,3 @@ def make_task_steps(parallel: DataParallel, task: Any, net: Any,
   evaluate = parallel.wrap_eval(functools.partial(eval_step, task=task, net=net))
   return train, evaluate
 
-
-def make_steps(parallel: DataParallel, net: Any, tx: optax.GradientTransformation,
-               num_points: int, point_all: int, votes: int = 1, skip_full_fps: bool = False):
-  """Classification's wrapped (train_step, eval_step) from explicit view settings (benchmarks,
-  tests); the eval step returns logits [b, classes]."""
-  from dapt_jax.tasks import classification  # pylint: disable=g-import-not-at-top
-  task = classification.ClassificationTask(
-      None, views=classification.Views(num_points, point_all, votes, skip_full_fps))
-  train = parallel.wrap_train(functools.partial(train_step, task=task, net=net, tx=tx))
-  evaluate = parallel.wrap_eval(lambda state, batch: eval_step(state, batch, task=task,
-                                                               net=net)['logits'])
-  return train, evaluate

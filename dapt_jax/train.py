@@ -1,7 +1,9 @@
 """Fine-tuning and evaluation entry points used by main.py (prediction: `dapt_jax.predict`).
 
-`train_and_evaluate` reads top to bottom: model → optimizer → state → data → step functions →
-loop → eval → checkpoint.
+`train_and_evaluate` reads top to bottom, one named step each: model → data → optimizer → state
+(resumed from the workdir's last checkpoint) → step functions → loop (train an epoch → eval →
+checkpoint) → summary. The data comes before the optimizer because the learning-rate schedule
+counts steps per epoch.
 """
 from __future__ import annotations
 
@@ -12,8 +14,9 @@ import os
 import shutil
 import signal
 import sys
+import dataclasses
 import time
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import jax
 import ml_collections
@@ -23,13 +26,12 @@ from dapt_jax import checkpoints as ckpt_lib
 from dapt_jax import data as data_lib
 from dapt_jax import errors
 from dapt_jax import evaluate as eval_lib
-from dapt_jax.models import classifier as model_lib
 from dapt_jax import optim
 from dapt_jax import partition
-from dapt_jax import pretrained
 from dapt_jax import reporting
 from dapt_jax import steps as steps_lib
 from dapt_jax import tasks
+from dapt_jax import weights
 
 log = logging.getLogger('dapt_jax')
 
@@ -44,7 +46,7 @@ class TrainingError(errors.UserError, RuntimeError):
 
 
 # ---------------------------------------------------------------------------------------------
-# Pieces
+# The workdir
 
 
 def _config_dict(config: ml_collections.ConfigDict) -> dict:
@@ -108,23 +110,6 @@ def _claim_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
     os.replace(tmp, path)
 
 
-def build(config: ml_collections.ConfigDict, task: Optional[tasks.Task] = None):
-  """(net with the device axis, initial variables, labels) for a config's task."""
-  task = task or tasks.get_task(config)
-  net = task.build_model(axis_name=steps_lib.AXIS)
-  key = jax.random.PRNGKey(config.seed)
-  variables = task.init_variables(net.clone(axis_name=None), key)
-  variables = jax.tree.map(np.asarray, variables)
-  if config.init_from:
-    loaded = pretrained.load_converted(config.init_from)
-    variables, report = pretrained.merge_pretrained(variables, loaded)
-    fresh = report.get('freshly_initialised', [])
-    log.info('Loaded %d tensors from %s; %d freshly initialised%s', len(report['loaded']),
-             config.init_from, len(fresh), f" ({', '.join(fresh[:6])}{', ...' if len(fresh) > 6 else ''})" if fresh else '')
-  labels = partition.label_params(variables['params'], partition.rules_for(config))
-  return net, variables, labels
-
-
 def _log_counts(variables, labels, config) -> dict:
   counts = partition.count(variables['params'], labels)
   log.info('Parameters (trainable / total):\n%s', partition.format_counts(counts))
@@ -134,17 +119,6 @@ def _log_counts(variables, labels, config) -> dict:
     log.warning('Convert a pre-trained checkpoint with `python -m convert` to fine-tune DAPT.')
     log.warning('*' * 78)
   return counts['total']
-
-
-def _run_eval(parallel, eval_fn, state_dev, source, info, config, task
-              ) -> tuple[dict, dict, dict]:
-  """(metrics, per-sample outputs, host fields) over every sample of `source` exactly once."""
-  batches = data_lib.EvalLoader(source, config.eval.batch_size, jax.process_index(),
-                                jax.process_count())
-  run = lambda b: eval_fn(state_dev, b)
-  outputs, host = eval_lib.collect_outputs(run, parallel.put_batch, parallel.gather, batches,
-                                           task.device_fields)
-  return task.eval_metrics(outputs, host, info), outputs, host
 
 
 class _Preemption:
@@ -191,186 +165,245 @@ def _progress(total: int, initial: int, enabled: bool):
 
 
 # ---------------------------------------------------------------------------------------------
-# Training
+# Training, step by step
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Fine-tunes with the release's recipe; resumes from the workdir's last checkpoint.
+def _model(config: ml_collections.ConfigDict, task: tasks.Task) -> tuple[Any, dict, Any, dict]:
+  """(net with the device axis, initial variables with init_from merged, partition labels,
+  parameter totals {'trainable', 'total'}); the counts are logged."""
+  net, variables, labels = weights.build(config, task)
+  return net, variables, labels, _log_counts(variables, labels, config)
 
-  Returns a summary: final and best accuracy, steps, whether it stopped early.
-  """
-  config = data_lib.classes.fit_to_data(config)  # folder data: prepared, num_classes set
-  _check_workdir(config, workdir)  # reads only: nothing is written before the run is set up
-  log.info('Devices: %d (%s), processes: %d', jax.device_count(), jax.devices()[0].platform,
-           jax.process_count())
-  task = tasks.get_task(config)
 
-  # Model and parameters.
-  net, variables, labels = build(config, task)
-  totals = _log_counts(variables, labels, config)
-
-  # Data (prepared on first use; clear errors for missing or bad files).
+def _data(config: ml_collections.ConfigDict, task: tasks.Task
+          ) -> tuple[data_lib.TrainLoader, Any, Any]:
+  """(training loader, evaluation source, its info): prepared on first use, with clear errors
+  for missing or bad files."""
   train_source, eval_source, eval_info = task.sources()
   loader = data_lib.TrainLoader(train_source, config.batch_size, config.seed,
                                 jax.process_index(), jax.process_count(),
                                 shuffle=config.data.shuffle)
-  steps_per_epoch = loader.steps_per_epoch
   log.info('Data %s: %d train / %d %s samples, %d steps per epoch of %d', config.data.name,
-           len(train_source), len(eval_source), config.data.eval_split, steps_per_epoch,
+           len(train_source), len(eval_source), config.data.eval_split, loader.steps_per_epoch,
            config.batch_size)
+  return loader, eval_source, eval_info
 
-  # Optimizer and state.
+
+def _optimizer(config: ml_collections.ConfigDict, labels: Any, steps_per_epoch: int
+               ) -> tuple[Any, Callable[[int], float]]:
+  """(the optimizer over the trainable partition, its learning-rate schedule)."""
   schedule = optim.make_schedule(config.optim, config.num_epochs, steps_per_epoch)
-  tx = optim.make_optimizer(config.optim, labels, schedule)
+  return optim.make_optimizer(config.optim, labels, schedule), schedule
+
+
+def _state(config: ml_collections.ConfigDict, workdir: str, variables: dict, labels: Any,
+           tx: Any, loader: data_lib.TrainLoader, eval_info: Any
+           ) -> tuple[steps_lib.TrainState, ckpt_lib.Checkpoints, dict]:
+  """(host state, the workdir's checkpoints, their metadata): a fresh state, or the workdir's
+  last checkpoint (the loader is moved to where it stopped).
+
+  The workdir is claimed only here, once model and data are ready, so a run refused before
+  leaves it as it found it.
+  """
   state = steps_lib.create_state(variables, labels, tx, jax.random.PRNGKey(config.seed + 1))
   state = jax.tree.map(np.asarray, state)
-
-  # Checkpoints: resume when there is one.
   _claim_workdir(config, workdir)
   if jax.process_index() == 0 and eval_info.class_names:  # what --mode=predict labels outputs with
     data_lib.classes.write(workdir, eval_info.class_names)
   ckpts = ckpt_lib.Checkpoints(workdir, config.checkpoint.keep)
   meta = {'epoch': 0, 'loader': loader.get_state(), 'best_value': None, 'best_epoch': -1}
-  if ckpts.latest_step() is not None:
-    state, meta = ckpts.restore(state, 'last')
-    if 'best_value' not in meta:  # written before tasks named their best metric
-      meta['best_value'] = meta.get('best_accuracy') if meta.get('best_epoch', -1) >= 0 else None
-    state = state.replace(frozen=ckpts.restore_frozen(state.frozen))
-    loader.set_state(meta['loader'])
-    log.info('Resumed from step %d (epoch %d, batch %d)', int(state.step), meta['loader']['epoch'],
-             meta['loader']['batch'])
-  else:
+  if ckpts.latest_step() is None:
     ckpts.save_frozen(state.frozen)
+    return state, ckpts, meta
+  state, meta = ckpts.restore(state, 'last')
+  if 'best_value' not in meta:  # written before tasks named their best metric
+    meta['best_value'] = meta.get('best_accuracy') if meta.get('best_epoch', -1) >= 0 else None
+  state = state.replace(frozen=ckpts.restore_frozen(state.frozen))
+  loader.set_state(meta['loader'])
+  log.info('Resumed from step %d (epoch %d, batch %d)', int(state.step), meta['loader']['epoch'],
+           meta['loader']['batch'])
+  return state, ckpts, meta
 
-  # Step functions.
+
+def _step_functions(config: ml_collections.ConfigDict, task: tasks.Task, net: Any, tx: Any
+                    ) -> tuple[steps_lib.DataParallel, Callable, Callable]:
+  """(the data-parallel wrapper, train step, eval step) over every device."""
   parallel = steps_lib.DataParallel(config.parallel, config.batch_size)
   train_step, eval_step = steps_lib.make_task_steps(parallel, task, net, tx)
-  state_dev = parallel.put_state(state)
-  writer = reporting.MetricWriter(workdir, resume_step=int(state.step))
+  return parallel, train_step, eval_step
 
-  last_epoch = config.num_epochs  # the release runs epochs 0..num_epochs inclusive
-  total_steps = (last_epoch + 1) * steps_per_epoch
-  step = int(state.step)
-  best = {'value': meta['best_value'], 'epoch': meta['best_epoch']}
-  last_eval: dict = {}
-  stopped = None
 
-  def save(epoch_done: bool, is_best: bool = False):
-    host_state = parallel.get_state(state_dev)
-    m = {'epoch': loader.get_state()['epoch'], 'loader': loader.get_state(),
-         'best_value': best['value'], 'best_epoch': best['epoch'],
-         'epoch_done': epoch_done}
-    ckpts.save(host_state, m, best=is_best)
+@dataclasses.dataclass
+class _Run:
+  """What the loop reads and moves: the device state, the step, the best evaluation so far."""
+  config: ml_collections.ConfigDict
+  workdir: str
+  task: tasks.Task
+  parallel: steps_lib.DataParallel
+  loader: data_lib.TrainLoader
+  ckpts: ckpt_lib.Checkpoints
+  writer: reporting.MetricWriter
+  schedule: Callable[[int], float]
+  state_dev: Any
+  step: int
+  best: dict  # {'value': best metric or None, 'epoch': its epoch or -1}
+  bar: Any = None  # tqdm progress bar (None: off, or not the first host)
+  last_eval: dict = dataclasses.field(default_factory=dict)
+  stopped: Optional[str] = None  # None (going on), 'preempted' or 'max_steps'
+  t0: float = dataclasses.field(default_factory=time.time)  # throughput window start
+  seen: int = 0  # samples since t0
 
-  bar = _progress(total_steps, step, config.progress_bar)
-  t0, seen = time.time(), 0
-  try:
-    with _Preemption() as preempt:
-      epoch = loader.get_state()['epoch']
-      while epoch <= last_epoch and stopped is None:
-        for batch in loader.epoch(epoch):
-          state_dev, metrics = train_step(state_dev, parallel.put_batch(batch))
-          step += 1
-          seen += config.batch_size
-          if bar is not None:
-            bar.update(1)
-          if step % config.log_every_steps == 0 or step % steps_per_epoch == 0:
-            m = jax.device_get(parallel.unreplicate_metrics(metrics))
-            if not all(math.isfinite(float(v)) for v in m.values()):
-              stopped = 'nan'
-              raise TrainingError(
-                  f'non-finite loss at step {step} (loss={float(m["loss"])}); stopping. The last '
-                  f'good checkpoint is kept in {workdir}/checkpoints/last')
-            elapsed = max(time.time() - t0, 1e-9)
-            m = {k: float(v) for k, v in m.items()}
-            m.update(lr=float(schedule(step - 1)), samples_per_second=seen / elapsed)
-            m.update(_peak_memory())
-            writer.write('train', step, epoch, m)
-            if bar is not None:
-              bar.set_postfix(epoch=epoch, loss=f"{m['loss']:.3f}",
-                              samples_s=f"{m['samples_per_second']:.0f}")
-            t0, seen = time.time(), 0
-          if preempt.requested:
-            save(epoch_done=False)
-            stopped = 'preempted'
-            log.warning('SIGTERM: saved step %d; re-run the same command to resume.', step)
-            break
-          if config.max_steps is not None and step >= config.max_steps:
-            stopped = 'max_steps'
-            break
-        if stopped in ('preempted',):
-          break
-        epoch_finished = loader.get_state()['epoch'] > epoch
-        if not epoch_finished:  # max_steps within an epoch
-          save(epoch_done=False)
-          break
-        is_best = False
-        if epoch > 0 and (epoch % config.eval.every_epochs == 0 or epoch == last_epoch):
-          last_eval, _, _ = _run_eval(parallel, eval_step, state_dev, eval_source, eval_info,
-                                      config, task)
-          scalars = task.scalars(last_eval)
-          if task.best_metric is not None:
-            is_best = task.is_better(scalars[task.best_metric], best['value'])
-            if is_best:
-              best = {'value': scalars[task.best_metric], 'epoch': epoch}
-            scalars[f'best_{task.best_metric}'] = best['value']
-          scalars['num_samples'] = last_eval.get('num_samples')  # each sample counted once
-          writer.write('eval', step, epoch, {k: v for k, v in scalars.items() if v is not None})
-          log.info('epoch %d: eval %s%s', epoch, task.describe(last_eval),
-                   f"; best {task.best_metric} {best['value']:.4f} (epoch {best['epoch']})"
-                   if task.best_metric is not None else '')
-        if (epoch % config.checkpoint.every_epochs == 0 or epoch == last_epoch or is_best):
-          save(epoch_done=True, is_best=is_best)
-        epoch += 1
-  finally:
-    if bar is not None:
-      bar.close()
-    writer.close()
-    ckpts.close()
 
-  curves = reporting.plot_curves(workdir) if jax.process_index() == 0 else None
-  final = task.scalars(last_eval) if last_eval else {}
+def _log_train(run: _Run, metrics: Any, epoch: int) -> None:
+  """Writes the step's training metrics (loss, task metrics, lr, throughput, peak memory);
+  refuses a non-finite value."""
+  m = jax.device_get(run.parallel.unreplicate_metrics(metrics))
+  if not all(math.isfinite(float(v)) for v in m.values()):
+    raise TrainingError(
+        f'non-finite loss at step {run.step} (loss={float(m["loss"])}); stopping. The last '
+        f'good checkpoint is kept in {run.workdir}/checkpoints/last')
+  elapsed = max(time.time() - run.t0, 1e-9)
+  m = {k: float(v) for k, v in m.items()}
+  m.update(lr=float(run.schedule(run.step - 1)), samples_per_second=run.seen / elapsed)
+  m.update(_peak_memory())
+  run.writer.write('train', run.step, epoch, m)
+  if run.bar is not None:
+    run.bar.set_postfix(epoch=epoch, loss=f"{m['loss']:.3f}",
+                        samples_s=f"{m['samples_per_second']:.0f}")
+  run.t0, run.seen = time.time(), 0
+
+
+def _train_epoch(run: _Run, train_step: Callable, epoch: int, preempt: _Preemption) -> None:
+  """The rest of `epoch`'s batches, or until SIGTERM (saved, run.stopped='preempted') or
+  config.max_steps (run.stopped='max_steps')."""
+  config = run.config
+  for batch in run.loader.epoch(epoch):
+    run.state_dev, metrics = train_step(run.state_dev, run.parallel.put_batch(batch))
+    run.step += 1
+    run.seen += config.batch_size
+    if run.bar is not None:
+      run.bar.update(1)
+    if run.step % config.log_every_steps == 0 or run.step % run.loader.steps_per_epoch == 0:
+      _log_train(run, metrics, epoch)
+    if preempt.requested:
+      _save(run, epoch_done=False)
+      run.stopped = 'preempted'
+      log.warning('SIGTERM: saved step %d; re-run the same command to resume.', run.step)
+      return
+    if config.max_steps is not None and run.step >= config.max_steps:
+      run.stopped = 'max_steps'
+      return
+
+
+def _evaluate(run: _Run, eval_step: Callable, source: Any, info: Any, epoch: int) -> bool:
+  """Evaluates every sample once, logs the task's metrics; True when this is the best so far."""
+  task = run.task
+  run.last_eval, _, _ = eval_lib.evaluate_source(
+      lambda b: eval_step(run.state_dev, b), run.parallel, source, info,
+      run.config.eval.batch_size, task)
+  scalars = task.scalars(run.last_eval)
+  is_best = False
+  if task.best_metric is not None:
+    is_best = task.is_better(scalars[task.best_metric], run.best['value'])
+    if is_best:
+      run.best = {'value': scalars[task.best_metric], 'epoch': epoch}
+    scalars[f'best_{task.best_metric}'] = run.best['value']
+  scalars['num_samples'] = run.last_eval.get('num_samples')  # each sample counted once
+  run.writer.write('eval', run.step, epoch, {k: v for k, v in scalars.items() if v is not None})
+  log.info('epoch %d: eval %s%s', epoch, task.describe(run.last_eval),
+           f"; best {task.best_metric} {run.best['value']:.4f} (epoch {run.best['epoch']})"
+           if task.best_metric is not None else '')
+  return is_best
+
+
+def _save(run: _Run, epoch_done: bool, is_best: bool = False) -> None:
+  """Checkpoints the state with the loader's position and the best evaluation so far."""
+  loader_state = run.loader.get_state()
+  meta = {'epoch': loader_state['epoch'], 'loader': loader_state,
+          'best_value': run.best['value'], 'best_epoch': run.best['epoch'],
+          'epoch_done': epoch_done}
+  run.ckpts.save(run.parallel.get_state(run.state_dev), meta, best=is_best)
+
+
+def _loop(run: _Run, train_step: Callable, eval_step: Callable, eval_source: Any,
+          eval_info: Any) -> None:
+  """Epochs from the loader's position to config.num_epochs inclusive (the release runs epochs
+  0..num_epochs): train, evaluate every eval.every_epochs (and the last), checkpoint every
+  checkpoint.every_epochs, the last epoch and every new best."""
+  config = run.config
+  last_epoch = config.num_epochs
+  with _Preemption() as preempt:
+    epoch = run.loader.get_state()['epoch']
+    while epoch <= last_epoch and run.stopped is None:
+      _train_epoch(run, train_step, epoch, preempt)
+      if run.stopped == 'preempted':
+        return
+      if run.loader.get_state()['epoch'] <= epoch:  # max_steps within an epoch
+        _save(run, epoch_done=False)
+        return
+      is_best = False
+      if epoch > 0 and (epoch % config.eval.every_epochs == 0 or epoch == last_epoch):
+        is_best = _evaluate(run, eval_step, eval_source, eval_info, epoch)
+      if epoch % config.checkpoint.every_epochs == 0 or epoch == last_epoch or is_best:
+        _save(run, epoch_done=True, is_best=is_best)
+      epoch += 1
+
+
+def _summary(run: _Run, totals: dict) -> dict:
+  """What train_and_evaluate returns (and main.py prints); draws curves.png."""
+  task = run.task
+  curves = reporting.plot_curves(run.workdir) if jax.process_index() == 0 else None
+  final = task.scalars(run.last_eval) if run.last_eval else {}
   summary = {
-      'steps': step, 'stopped': stopped or 'finished',
+      'steps': run.step, 'stopped': run.stopped or 'finished',
       'final_metrics': final or None,
-      'final_description': task.describe(last_eval) if last_eval else None,
-      'best_metric': task.best_metric, 'best_value': best['value'],
-      'best_epoch': best['epoch'] if best['epoch'] >= 0 else None,
+      'final_description': task.describe(run.last_eval) if run.last_eval else None,
+      'best_metric': task.best_metric, 'best_value': run.best['value'],
+      'best_epoch': run.best['epoch'] if run.best['epoch'] >= 0 else None,
       'trainable_parameters': totals['trainable'], 'total_parameters': totals['total'],
       'curves': curves,
   }
   # Flat names too (final_accuracy, best_accuracy, ...), for scripts reading the summary.
   summary.update({f'final_{k}': v for k, v in final.items()})
   if task.best_metric is not None:
-    summary[f'best_{task.best_metric}'] = best['value']
+    summary[f'best_{task.best_metric}'] = run.best['value']
   return summary
 
 
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Fine-tunes with the release's recipe; resumes from the workdir's last checkpoint.
+
+  Returns a summary: final and best metrics, steps, whether it stopped early ('stopped':
+  'finished', 'preempted' or 'max_steps').
+  """
+  config = data_lib.classes.fit_to_data(config)  # folder data: prepared, num_classes set
+  _check_workdir(config, workdir)  # reads only: nothing is written before the run is set up
+  log.info('Devices: %d (%s), processes: %d', jax.device_count(), jax.devices()[0].platform,
+           jax.process_count())
+  task = tasks.get_task(config)
+  net, variables, labels, totals = _model(config, task)
+  loader, eval_source, eval_info = _data(config, task)
+  tx, schedule = _optimizer(config, labels, loader.steps_per_epoch)
+  state, ckpts, meta = _state(config, workdir, variables, labels, tx, loader, eval_info)
+  parallel, train_step, eval_step = _step_functions(config, task, net, tx)
+  run = _Run(config, workdir, task, parallel, loader, ckpts,
+             reporting.MetricWriter(workdir, resume_step=int(state.step)), schedule,
+             state_dev=parallel.put_state(state), step=int(state.step),
+             best={'value': meta['best_value'], 'epoch': meta['best_epoch']})
+  total_steps = (config.num_epochs + 1) * loader.steps_per_epoch
+  run.bar = _progress(total_steps, run.step, config.progress_bar)
+  try:
+    _loop(run, train_step, eval_step, eval_source, eval_info)
+  finally:
+    if run.bar is not None:
+      run.bar.close()
+    run.writer.close()
+    ckpts.close()
+  return _summary(run, totals)
+
+
 # ---------------------------------------------------------------------------------------------
-# Evaluation and prediction
-
-
-def _variables_for_eval(config, workdir, net, variables, labels):
-  """The variables to evaluate: the workdir's best checkpoint if it has one, else init_from
-  (already merged into `variables` by `build`)."""
-  del net, labels
-  if workdir and ckpt_lib.is_workdir(workdir):
-    try:
-      loaded, step = ckpt_lib.workdir_variables(workdir, 'best')
-      which, _ = ckpt_lib.find_checkpoint(workdir, 'best')
-    except ckpt_lib.CheckpointError:
-      loaded = None
-    if loaded is not None:
-      variables, _ = pretrained.merge_pretrained(variables, loaded)
-      if which == 'best':
-        return variables, f'{workdir} (best checkpoint, step {step})'
-      log.warning('%s has no best checkpoint (no evaluation saved one yet): evaluating its last '
-                  'checkpoint, step %d.', workdir, step)
-      return variables, f'{workdir} (no best checkpoint: the last one, step {step})'
-  if config.init_from:
-    return variables, config.init_from
-  raise TrainingError(f'nothing to evaluate: {workdir} has no checkpoint and no '
-                      '--config.init_from was given')
+# Evaluation
 
 
 def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -380,8 +413,8 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """
   config = data_lib.classes.fit_to_data(config)
   task = tasks.get_task(config)
-  net, variables, labels = build(config, task)
-  variables, origin = _variables_for_eval(config, workdir, net, variables, labels)
+  net, variables, labels = weights.build(config, task)
+  variables, origin = weights.for_eval(config, workdir, variables)
   split = config.eval.split
   source, info = data_lib.get_source(config.data, split)
   parallel = steps_lib.DataParallel(config.parallel, config.eval.batch_size)
@@ -389,7 +422,8 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
   state = steps_lib.create_state(variables, labels, tx, jax.random.PRNGKey(0))
   _, eval_step = steps_lib.make_task_steps(parallel, task, net, tx)
   state_dev = parallel.put_state(state)
-  metrics, outputs, host = _run_eval(parallel, eval_step, state_dev, source, info, config, task)
+  metrics, outputs, host = eval_lib.evaluate_source(
+      lambda b: eval_step(state_dev, b), parallel, source, info, config.eval.batch_size, task)
   metrics.update(split=split, votes=int(config.eval.votes), checkpoint=origin,
                  class_names=list(info.class_names), description=task.describe(metrics))
   os.makedirs(workdir, exist_ok=True)

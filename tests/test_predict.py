@@ -14,6 +14,7 @@ import pytest
 from dapt_jax import data
 from dapt_jax import evaluate
 from dapt_jax import predict
+from dapt_jax import predict_io
 from dapt_jax import train
 from dapt_jax.data import folder_example as fx
 from tests import test_data_folder
@@ -42,17 +43,17 @@ def test_find_inputs_file_folder_and_glob(tmp_path):
   for rel in ('a/1.ply', 'a/b/2.npy', 'c.STL', 'notes.md', '.hidden.npy'):
     os.makedirs(os.path.dirname(tmp_path / rel), exist_ok=True)
     (tmp_path / rel).write_text('x')
-  found = predict.find_inputs(str(tmp_path))
+  found = predict_io.find_inputs(str(tmp_path))
   assert [os.path.relpath(p, tmp_path) for p in found] == ['c.STL', 'a/1.ply', 'a/b/2.npy']
-  assert predict.find_inputs(str(tmp_path / 'notes.md')) == [str(tmp_path / 'notes.md')]
-  assert predict.find_inputs(f'{tmp_path}/**/*.npy') == [str(tmp_path / 'a' / 'b' / '2.npy')]
+  assert predict_io.find_inputs(str(tmp_path / 'notes.md')) == [str(tmp_path / 'notes.md')]
+  assert predict_io.find_inputs(f'{tmp_path}/**/*.npy') == [str(tmp_path / 'a' / 'b' / '2.npy')]
   with pytest.raises(evaluate.InputError, match=r'matches no cloud or mesh file \(1 file'):
-    predict.find_inputs(f'{tmp_path}/*.md')
+    predict_io.find_inputs(f'{tmp_path}/*.md')
   with pytest.raises(evaluate.InputError, match='no such file'):
-    predict.find_inputs(str(tmp_path / 'missing.ply'))
+    predict_io.find_inputs(str(tmp_path / 'missing.ply'))
   os.makedirs(tmp_path / 'empty')
   with pytest.raises(evaluate.InputError, match='no cloud or mesh files in this folder'):
-    predict.find_inputs(str(tmp_path / 'empty'))
+    predict_io.find_inputs(str(tmp_path / 'empty'))
 
 
 def test_a_folder_gives_the_csv_with_class_names_batched_over_devices(run, tmp_path, caplog):
@@ -63,7 +64,7 @@ def test_a_folder_gives_the_csv_with_class_names_batched_over_devices(run, tmp_p
   fx.write_npy(str(inputs / 'small.npy'), small)
   with caplog.at_level(logging.WARNING, logger='dapt_jax'):
     result = predict.predict(config, workdir, str(inputs))
-  files = predict.find_inputs(str(inputs))
+  files = predict_io.find_inputs(str(inputs))
   assert result.files == files and len(files) == 13  # 8 + a last batch of 5 padded to 8
   warned = [r.getMessage() for r in caplog.records if 'resampled' in r.getMessage()]
   assert len(warned) == 1 and 'small.npy (20)' in warned[0] and 'fewer than 96' in warned[0]
@@ -119,13 +120,19 @@ def _with(config, **fields):
   return c
 
 
-def test_bad_inputs_are_one_line_and_write_nothing(run, tmp_path):
-  _, workdir, config = run
+def _fresh_copy(workdir, tmp_path):
+  """(a copy of the trained workdir without predictions.csv, where its CSV would go)."""
   out = tmp_path / 'out'
   shutil.copytree(workdir, out)
   csv_path = out / 'predictions.csv'
   if csv_path.exists():
     csv_path.unlink()
+  return out, csv_path
+
+
+def test_bad_inputs_are_one_line_and_write_nothing(run, tmp_path):
+  _, workdir, config = run
+  out, csv_path = _fresh_copy(workdir, tmp_path)
   inputs = tmp_path / 'in'
   os.makedirs(inputs)
   good = np.random.default_rng(0).normal(size=(300, 3))
@@ -156,3 +163,63 @@ def test_bad_inputs_are_one_line_and_write_nothing(run, tmp_path):
     predict.predict(_with(config, init_from=workdir), None, str(inputs / '*'))
   with pytest.raises(evaluate.InputError, match='needs --workdir'):
     predict.predict(config, None, str(inputs / 'a_good.npy'))
+
+
+def test_output_names_follow_the_relative_path_and_never_collide(tmp_path):
+  paths = [str(tmp_path / 'a' / 'chair.ply'), str(tmp_path / 'b' / 'chair.ply'),
+           str(tmp_path / 'lamp.xyz')]
+  assert predict_io.output_names(paths, str(tmp_path), '_parts') == [
+      'a__chair_parts', 'b__chair_parts', 'lamp_parts']
+  assert predict_io.input_root(f'{tmp_path}/**/*.ply') == str(tmp_path)
+  with pytest.raises(evaluate.InputError) as e:  # same name but for the extension: refused
+    predict_io.output_names([str(tmp_path / 'chair.ply'), str(tmp_path / 'chair.npy')],
+                            str(tmp_path), '_parts')
+  assert str(e.value) == (f'{tmp_path}/chair.ply and {tmp_path}/chair.npy would both be written '
+                          'as chair_parts.*; rename one of them or predict them separately')
+
+
+def test_every_bad_file_of_a_folder_is_named_in_one_error(run, tmp_path):
+  _, workdir, config = run
+  out = tmp_path / 'out'
+  shutil.copytree(workdir, out)
+  (out / 'predictions.csv').write_text('file,class,probability\nearlier.npy,box,0.9\n')
+  inputs = tmp_path / 'in'
+  os.makedirs(inputs / 'sub')
+  fx.write_npy(str(inputs / 'a_good.npy'), np.random.default_rng(0).normal(size=(300, 3)))
+  (inputs / 'b_empty.txt').write_text('')
+  (inputs / 'sub' / 'c_three.xyz').write_text('0 0 0\n1 0 0\n0 1 0\n')
+  with pytest.raises(data.DataError) as e:
+    predict.predict(config, str(out), str(inputs))
+  msg = str(e.value)
+  assert '\n' not in msg and msg.startswith('2 of 3 input files cannot be used: '), msg
+  assert f'{inputs}/b_empty.txt: ' in msg and f'{inputs}/sub/c_three.xyz: ' in msg
+  assert 'a_good' not in msg  # the good file is not a culprit, and the earlier csv stays
+  assert (out / 'predictions.csv').read_text() == 'file,class,probability\nearlier.npy,box,0.9\n'
+
+
+
+def test_replacing_predictions_csv_is_said_and_a_foreign_file_is_kept(run, tmp_path):
+  root, workdir, config = run
+  out, csv_path = _fresh_copy(workdir, tmp_path)
+  first = predict.predict(config, str(out), str(root / 'test'))
+  assert first.replaced is None and predict.summary(first).endswith(f'wrote {csv_path}')
+  one = sorted(os.listdir(root / 'test' / 'box'))[0]
+  second = predict.predict(config, str(out), str(root / 'test' / 'box' / one))
+  assert second.replaced == len(first.files) and len(_rows(csv_path)) == 1
+  assert predict.summary(second).splitlines()[-1] == (
+      f'wrote {csv_path} (replacing the earlier one of {len(first.files)} file(s))')
+  csv_path.write_text('my notes\n')  # not written by --mode=predict: never replaced
+  with pytest.raises(evaluate.InputError, match='is not a predictions file written by'):
+    predict.predict(config, str(out), str(root / 'test'))
+  assert csv_path.read_text() == 'my notes\n'
+
+
+def test_a_workdir_that_does_not_exist_is_named(run, tmp_path):
+  root, workdir, config = run
+  missing = tmp_path / 'no_such_run'
+  with pytest.raises(evaluate.InputError) as e:
+    predict.run(_with(config, init_from=workdir), str(missing), str(root / 'test'))
+  assert str(e.value).startswith(f'--workdir={missing}: no such folder')
+  assert not missing.exists()
+  with pytest.raises(evaluate.InputError, match='only part-segmentation configs take a category'):
+    predict.run(config, workdir, str(root / 'test'), 'Chair')

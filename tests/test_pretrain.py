@@ -24,6 +24,7 @@ from dapt_jax import reporting
 from dapt_jax import steps as steps_lib
 from dapt_jax import tasks
 from dapt_jax import train
+from dapt_jax import weights
 from dapt_jax.tasks import pretrain
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -64,7 +65,7 @@ def tiny_config(tmp_path, **overrides):
 
 
 def restored_state(workdir, config):
-  net, variables, labels = train.build(config)
+  net, variables, labels = weights.build(config, tasks.get_task(config))
   tx = optim.make_optimizer(config.optim, labels, lambda s: 0.0)
   template = jax.tree.map(np.asarray, steps_lib.create_state(variables, labels, tx,
                                                              jax.random.PRNGKey(0)))
@@ -103,7 +104,7 @@ def test_views_subset_then_pc_norm_then_scale_translate():
 
 def _steps(config, devices, mode, num_steps=2):
   task = tasks.get_task(config)
-  net, variables, labels = train.build(config, task)
+  net, variables, labels = weights.build(config, task)
   tx = optim.make_optimizer(config.optim, labels, lambda s: 1e-3)
   state = jax.tree.map(np.asarray, steps_lib.create_state(variables, labels, tx,
                                                           jax.random.PRNGKey(1)))
@@ -207,7 +208,7 @@ def test_pretraining_workdir_initialises_the_dapt_classifier(pretrain_run):
   c.data.update(num_points=64, point_all=80)
   c.init_from = r['full']
   c.lock()
-  net, variables, labels = train.build(c)
+  net, variables, labels = weights.build(c, tasks.get_task(c))
   saved, _ = ckpt_lib.workdir_variables(r['full'], 'last')
   got = partition.flatten(variables['params'])
   for path, value in partition.flatten(saved['params']).items():

@@ -1,6 +1,7 @@
 """Part segmentation through the shared training loop (dapt_jax/tasks/segmentation.py): views,
-training to well above chance on the synthetic parts, eval_test.json, the figure, and
---mode=predict --category= (in-process and through main.py)."""
+training to well above chance on the synthetic parts, eval_test.json, the figure
+(dapt_jax/figures.py), and --mode=predict --category= (dapt_jax/predict_parts.py, in-process and
+through main.py)."""
 import json
 import os
 import subprocess
@@ -11,6 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from dapt_jax import data as data_lib
+from dapt_jax import evaluate
+from dapt_jax import figures
+from dapt_jax import predict_parts
 from dapt_jax import segmentation_metrics as M
 from dapt_jax import train
 from dapt_jax.data import synthetic_parts
@@ -125,12 +130,14 @@ def test_trains_to_well_above_chance_and_evaluates(run):
 
 def test_figure_and_predict_in_process(run, tmp_path):
   config, _, workdir, _ = run
-  path = seg.save_figure(config, workdir)
+  line = figures.after_training(config, workdir, {'best_epoch': 12})
+  path = os.path.join(workdir, 'segmentation.png')
+  assert line == f'wrote {path} (test shapes coloured by predicted parts)'
   with open(path, 'rb') as f:
     assert f.read(8) == b'\x89PNG\r\n\x1a\n'
   cloud = synthetic_parts.generate(1, 300, 3, seed=5)[0][0] * 2.0 + 1.0  # any scale and place
   np.save(tmp_path / 'thing.npy', cloud)
-  [r] = seg.predict_parts(config, workdir, str(tmp_path / 'thing.npy'), 'Chair')
+  [r] = predict_parts.predict_parts(config, workdir, str(tmp_path / 'thing.npy'), 'Chair')
   assert r.category == 'chair' and r.part.shape == (300,)
   labels = np.load(r.npy_path)
   np.testing.assert_array_equal(labels, r.part)
@@ -138,6 +145,41 @@ def test_figure_and_predict_in_process(run, tmp_path):
   with open(r.ply_path, 'rb') as f:
     head = f.read(400).split(b'end_header\n')[0].decode()
   assert 'element vertex 300' in head and 'property uchar red' in head
+
+
+def test_predict_a_folder_names_outputs_by_relative_path_and_every_bad_file(run, tmp_path):
+  config, _, workdir, _ = run
+  inputs = tmp_path / 'scans'
+  for sub, seed in (('a', 7), ('b', 8)):  # two files of the same name in two folders
+    os.makedirs(inputs / sub)
+    np.savetxt(inputs / sub / 'chair.xyz', synthetic_parts.generate(1, 150, 3, seed=seed)[0][0])
+  results = predict_parts.predict_parts(config, workdir, str(inputs), 'chair')
+  assert [r.npy_path for r in results] == [os.path.join(workdir, 'a__chair_parts.npy'),
+                                           os.path.join(workdir, 'b__chair_parts.npy')]
+  for r in results:
+    np.testing.assert_array_equal(np.load(r.npy_path), r.part)
+    assert os.path.isfile(r.ply_path) and not r.replaced
+  assert not np.array_equal(results[0].part, results[1].part)  # neither overwrote the other
+  again = predict_parts.predict_parts(config, workdir, str(inputs / 'a' / 'chair.xyz'), 'chair')
+  assert again[0].npy_path == os.path.join(workdir, 'chair_parts.npy') and not again[0].replaced
+  again = predict_parts.predict_parts(config, workdir, str(inputs), 'chair')
+  assert all(r.replaced for r in again)
+  assert predict_parts.summary(again).splitlines()[-1] == (
+      f'replaced the earlier --mode=predict outputs of 2 cloud(s): {inputs}/a/chair.xyz, '
+      f'{inputs}/b/chair.xyz')
+  # Bad files: every one named in one line, before the model is built; nothing written.
+  (inputs / 'a' / 'empty.txt').write_text('')
+  (inputs / 'b' / 'few.xyz').write_text('0 0 0\n1 0 0\n')
+  before = sorted(os.listdir(workdir))
+  with pytest.raises(data_lib.DataError) as e:
+    predict_parts.predict_parts(config, workdir, str(inputs), 'chair')
+  msg = str(e.value)
+  assert '\n' not in msg and msg.startswith('2 of 4 input files cannot be used: ')
+  assert f'{inputs}/a/empty.txt: ' in msg and f'{inputs}/b/few.xyz: 2 point(s)' in msg
+  assert sorted(os.listdir(workdir)) == before
+  with pytest.raises(evaluate.InputError, match=r'^--workdir=\S+/nope: no such folder'):
+    predict_parts.predict_parts(config, str(tmp_path / 'nope'), str(inputs / 'a'), 'chair')
+  assert not (tmp_path / 'nope').exists()
 
 
 def test_predict_through_main(run, tmp_path):

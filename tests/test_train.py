@@ -22,7 +22,10 @@ from dapt_jax import partition
 from dapt_jax import predict
 from dapt_jax import reporting
 from dapt_jax import steps as steps_lib
+from dapt_jax import tasks
 from dapt_jax import train
+from dapt_jax import weights
+from dapt_jax.tasks import classification
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -51,7 +54,7 @@ def tiny_config(tmp_path, **overrides):
 
 
 def final_params(workdir, config):
-  net, variables, labels = train.build(config)
+  net, variables, labels = weights.build(config, tasks.get_task(config))
   tx = optim.make_optimizer(config.optim, labels, lambda s: 0.0)
   template = jax.tree.map(np.asarray, steps_lib.create_state(variables, labels, tx,
                                                              jax.random.PRNGKey(0)))
@@ -67,13 +70,13 @@ def train_losses(workdir):
 
 def _run_steps(config, devices, mode, num_steps=3):
   """A few steps of the real step function on the given devices; returns losses and state."""
-  net, variables, labels = train.build(config)
+  net, variables, labels = weights.build(config, tasks.get_task(config))
   tx = optim.make_optimizer(config.optim, labels, optim.make_schedule(config.optim, 2, 4))
   state = jax.tree.map(np.asarray, steps_lib.create_state(variables, labels, tx,
                                                           jax.random.PRNGKey(1)))
   parallel = steps_lib.DataParallel(mode, config.batch_size, devices=devices)
-  train_step, _ = steps_lib.make_steps(parallel, net, tx, config.data.num_points,
-                                       config.data.point_all)
+  train_step, _ = classification.make_steps(parallel, net, tx, config.data.num_points,
+                                           config.data.point_all)
   state_dev = parallel.put_state(state)
   rng = np.random.default_rng(0)
   losses = []
@@ -114,7 +117,7 @@ def test_one_and_eight_devices_and_pmap_and_shard_map_agree(tmp_path):
   _assert_states_close(state8, state_sm)
   assert int(state8.step) == 3
   # Something was learned: the trainable parameters moved.
-  _, variables, labels = train.build(config)
+  _, variables, labels = weights.build(config, tasks.get_task(config))
   start, _ = partition.split(variables['params'], labels)
   moved = [np.abs(a - b).max() for a, b in zip(jax.tree.leaves(start),
                                                 jax.tree.leaves(state8.trainable))]
@@ -261,10 +264,16 @@ def test_main_reports_user_errors_in_one_line(tmp_path):
   typo = _main('--config=configs/synthetic.py', f'--workdir={tmp_path}/w2',
                '--config.optim.learning_rate=1.0')
   assert typo.returncode != 0 and 'learning_rate' in typo.stderr
-  bad_input = _main('--config=configs/synthetic.py', f'--workdir={tmp_path}/w3',
+  bad_input = _main('--config=configs/synthetic.py', f'--workdir={tmp_path}',
                     '--mode=predict', f'--input={tmp_path}/missing.ply')
   assert bad_input.returncode == 2
   assert bad_input.stderr.strip().splitlines()[-1] == f'error: {tmp_path}/missing.ply: no such file'
+  no_workdir = _main('--config=configs/synthetic.py', f'--workdir={tmp_path}/w3',
+                     '--mode=predict', f'--input={tmp_path}/missing.ply')
+  assert no_workdir.returncode == 2 and 'Traceback' not in no_workdir.stderr
+  assert no_workdir.stderr.strip().splitlines()[-1] == (
+      f'error: --workdir={tmp_path}/w3: no such folder; --mode=predict reads a training run '
+      'from its workdir and writes its outputs there')
 
 
 def test_training_workdir_converts_to_torch_and_loads_as_init_from(tmp_path):
@@ -286,7 +295,7 @@ def test_training_workdir_converts_to_torch_and_loads_as_init_from(tmp_path):
   ref.eval()
   # The workdir also serves as --config.init_from, and both models agree.
   cfg2 = tiny_config(tmp_path, init_from=workdir)
-  net, variables, _ = train.build(cfg2)
+  net, variables, _ = weights.build(cfg2, tasks.get_task(cfg2))
   # Compared in float64 on both sides, so the check holds to float64 rounding on any CPU (the
   # 1e-10 relative bound is derived in tests/test_model.py, F64_RTOL).
   pts = np.random.default_rng(1).normal(size=(3, 64, 3))

@@ -58,9 +58,9 @@ def _check_args(args) -> None:
       raise UsageError(f'--model: not valid JSON ({e})') from None
     if not isinstance(model, dict):
       raise UsageError(f'--model={args.model}: must be a JSON object, e.g. \'{{"depth": 2}}\'')
-    from dapt_jax.bench import spec as spec_lib  # pylint: disable=g-import-not-at-top
+    from dapt_jax.bench import jax_side  # pylint: disable=g-import-not-at-top
     try:
-      spec_lib.check_model(model)
+      jax_side.check_model(model)
     except ValueError as e:
       raise UsageError(str(e)) from None
   from dapt_jax import workdir  # pylint: disable=g-import-not-at-top

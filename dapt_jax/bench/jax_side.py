@@ -1,6 +1,6 @@
-"""One measurement with dapt_jax's real steps (`dapt_jax.steps.make_steps`): compile time, the
-median train / eval step, peak memory, XLA's own analysis of the compiled step (memory plan, FLOPs,
-bytes, loops), FPS + kNN alone, and optionally a profiler trace."""
+"""One measurement with dapt_jax's real steps (`dapt_jax.tasks.classification.make_steps`):
+compile time, the median train / eval step, peak memory, XLA's own analysis of the compiled step
+(memory plan, FLOPs, bytes, loops), FPS + kNN alone, and optionally a profiler trace."""
 from __future__ import annotations
 
 import statistics
@@ -162,6 +162,7 @@ def measure(spec: dict) -> dict:
   from dapt_jax import optim  # pylint: disable=g-import-not-at-top
   from dapt_jax import partition  # pylint: disable=g-import-not-at-top
   from dapt_jax import steps  # pylint: disable=g-import-not-at-top
+  from dapt_jax.tasks import classification  # pylint: disable=g-import-not-at-top
   from dapt_jax.models import tokenizer  # pylint: disable=g-import-not-at-top
   from dapt_jax.data import augment  # pylint: disable=g-import-not-at-top
 
@@ -187,7 +188,7 @@ def measure(spec: dict) -> dict:
   state = steps.create_state(variables, labels, tx, jax.random.PRNGKey(spec['seed'] + 1))
   del variables
   parallel = steps.DataParallel(cfg.parallel, b)
-  train_step, eval_step = steps.make_steps(parallel, net, tx, n, cfg.data.point_all)
+  train_step, eval_step = classification.make_steps(parallel, net, tx, n, cfg.data.point_all)
   state = parallel.put_state(state)
   host_batch = clouds.ellipsoid_batch(b, n, cfg.model.num_classes, spec['seed'])
   batch = parallel.put_batch(host_batch)
@@ -261,3 +262,37 @@ def measure(spec: dict) -> dict:
       rec['group_share'] = rec['group_s'] / rec['step_s']
       rec['train_view_share'] = rec['train_view_s'] / rec['step_s']
   return rec
+
+
+def check_model(model: dict) -> None:
+  """Checks `--model` overrides as main.py checks a config, before any benchmark starts.
+
+  The overrides are applied to the config every benchmark builds (PB-T50-RS, `jax_side`), which
+  then goes through `dapt_jax.validate.check_run` (every field's type and range, the model's
+  own checks, its parameter shapes and partition). The shapes are traced on the CPU of this
+  process: it only starts the children that measure, so it must not take the accelerator.
+
+  Raises:
+    ValueError: one line naming the field and what is wrong with it.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from dapt_jax import errors  # pylint: disable=g-import-not-at-top
+  from dapt_jax import validate  # pylint: disable=g-import-not-at-top
+  from configs import scanobjectnn  # pylint: disable=g-import-not-at-top
+
+  fields = scanobjectnn.get_config('hardest').model
+  unknown = [k for k in model if k not in fields]
+  if unknown:
+    import difflib  # pylint: disable=g-import-not-at-top
+    close = difflib.get_close_matches(unknown[0], list(fields.keys()), n=1, cutoff=0.6)
+    hint = f'; did you mean {close[0]!r}?' if close else f' (model fields: {", ".join(fields)})'
+    raise ValueError(f'--model: {unknown[0]!r} is not a model config field{hint}')
+  try:
+    cfg = build_config(spec_lib.make_spec(model=model))
+  except (TypeError, ValueError, KeyError) as e:
+    raise ValueError(f'--model: {errors.one_line(e)}') from None
+  jax.config.update('jax_platforms', 'cpu')
+  try:
+    validate.check_run(cfg, None, 'summary', num_devices=1, num_processes=1)
+  except errors.UserError as e:
+    raise ValueError(f'--model: {errors.one_line(e)}') from None

@@ -4,10 +4,10 @@ Training memory against batch size for every PEFT method (the DAPT paper's Fig. 
 §10.2: DAPT against full fine-tuning and IDPT, batch 16..512), on the PB-T50-RS shapes (N 2048,
 G 128, K 32; `--model` overrides model fields, e.g. a tiny model for a smoke run).
 
-One child process per (method, batch). The real train step (`steps.make_steps`, one device,
-state donated) is compiled for the batch from abstract shapes, and XLA's memory analysis of the
-compiled program gives its footprint: arguments + outputs + temporaries − aliased (donated)
-bytes. When that fits the device (GPU/TPU: under 90 % of the allocator's limit; CPU: under half
+One child process per (method, batch). The real train step (`tasks.classification.make_steps`,
+one device, state donated) is compiled for the batch from abstract shapes, and XLA's memory
+analysis of the compiled program gives its footprint: arguments + outputs + temporaries −
+aliased (donated) bytes. When that fits the device (GPU/TPU: under 90 % of the allocator's limit; CPU: under half
 the host's available memory, which other processes share), the step runs (1 warm-up + 2 steps)
 and the peak is measured: the allocator's peak (GPU/TPU), or the process's peak RSS during the
 steps minus its RSS before the training state was made (CPU). Otherwise the compiled estimate
@@ -66,6 +66,7 @@ def measure(method: str, batch: int, model: dict, num_points: int, run: bool = T
   from dapt_jax import optim  # pylint: disable=g-import-not-at-top
   from dapt_jax import partition  # pylint: disable=g-import-not-at-top
   from dapt_jax import steps  # pylint: disable=g-import-not-at-top
+  from dapt_jax.tasks import classification  # pylint: disable=g-import-not-at-top
   from dapt_jax.bench import clouds  # pylint: disable=g-import-not-at-top
   from dapt_jax.bench import jax_side  # pylint: disable=g-import-not-at-top
 
@@ -85,7 +86,7 @@ def measure(method: str, batch: int, model: dict, num_points: int, run: bool = T
   rec.update(trainable_params=counts['trainable'], total_params=counts['total'])
   tx = optim.make_optimizer(cfg.optim, labels, optim.make_schedule(cfg.optim, cfg.num_epochs, 100))
   parallel = steps.DataParallel('shard_map', batch, devices=jax.devices()[:1])
-  train_step, _ = steps.make_steps(parallel, net, tx, num_points, cfg.data.point_all)
+  train_step, _ = classification.make_steps(parallel, net, tx, num_points, cfg.data.point_all)
   replicated = NamedSharding(parallel.mesh, P())
   sharded = NamedSharding(parallel.mesh, P(steps.AXIS))
   state_shapes = jax.eval_shape(

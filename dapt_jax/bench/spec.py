@@ -51,38 +51,3 @@ def point_all(num_points: int) -> int:
 
 def dumps(spec: dict[str, Any]) -> str:
   return json.dumps(spec, sort_keys=True)
-
-
-def check_model(model: dict) -> None:
-  """Checks `--model` overrides as main.py checks a config, before any benchmark starts.
-
-  The overrides are applied to the config every benchmark builds (PB-T50-RS, `jax_side`), which
-  then goes through `dapt_jax.validate.check_run` (every field's type and range, the model's
-  own checks, its parameter shapes and partition). The shapes are traced on the CPU of this
-  process: it only starts the children that measure, so it must not take the accelerator.
-
-  Raises:
-    ValueError: one line naming the field and what is wrong with it.
-  """
-  import jax  # pylint: disable=g-import-not-at-top
-  from dapt_jax import errors  # pylint: disable=g-import-not-at-top
-  from dapt_jax import validate  # pylint: disable=g-import-not-at-top
-  from dapt_jax.bench import jax_side  # pylint: disable=g-import-not-at-top
-  from configs import scanobjectnn  # pylint: disable=g-import-not-at-top
-
-  fields = scanobjectnn.get_config('hardest').model
-  unknown = [k for k in model if k not in fields]
-  if unknown:
-    import difflib  # pylint: disable=g-import-not-at-top
-    close = difflib.get_close_matches(unknown[0], list(fields.keys()), n=1, cutoff=0.6)
-    hint = f'; did you mean {close[0]!r}?' if close else f' (model fields: {", ".join(fields)})'
-    raise ValueError(f'--model: {unknown[0]!r} is not a model config field{hint}')
-  try:
-    cfg = jax_side.build_config(make_spec(model=model))
-  except (TypeError, ValueError, KeyError) as e:
-    raise ValueError(f'--model: {errors.one_line(e)}') from None
-  jax.config.update('jax_platforms', 'cpu')
-  try:
-    validate.check_run(cfg, None, 'summary', num_devices=1, num_processes=1)
-  except errors.UserError as e:
-    raise ValueError(f'--model: {errors.one_line(e)}') from None

@@ -19,7 +19,11 @@ from dapt_jax.data.loader import TrainLoader
 
 
 def get_source(dc, split):
-  """See `dapt_jax.data.sources.get_source` (imported lazily: it pulls in TFDS)."""
+  """See `dapt_jax.data.sources.get_source` (imported lazily: it pulls in TFDS); the
+  part-segmentation datasets: `dapt_jax.data.part_source.get_part_source`."""
+  from dapt_jax.data import part_source  # pylint: disable=g-import-not-at-top
+  if dc.name in part_source.PART_DATASETS:  # items with per-point part labels
+    return part_source.get_part_source(dc, split)
   from dapt_jax.data import sources  # pylint: disable=g-import-not-at-top
   return sources.get_source(dc, split)
 

@@ -237,7 +237,9 @@ def prepare_builder(dc: Any, prepare: bool = True) -> Any:
 
 
 def get_source(dc: Any, split: str) -> tuple[PointCloudSource, SourceInfo]:
-  """Opens `split` of the dataset named by `dc.name`, preparing it first if needed.
+  """Opens `split` of the dataset named by `dc.name`, preparing it first if needed (the
+  part-segmentation datasets open through `part_source.get_part_source`; `data.get_source`
+  chooses).
 
   Args:
     dc: the data config (fields in `default_data_config`).
@@ -249,9 +251,6 @@ def get_source(dc: Any, split: str) -> tuple[PointCloudSource, SourceInfo]:
   Raises:
     DataError: missing or malformed files, or a bad config field (one-line message).
   """
-  if dc.name in ('shapenet_part', 'synthetic_parts'):  # items with per-point part labels
-    from dapt_jax.data import part_source  # pylint: disable=g-import-not-at-top
-    return part_source.get_part_source(dc, split)
   builder = prepare_builder(dc)
   try:
     data_source = builder.as_data_source(split)

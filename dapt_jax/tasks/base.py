@@ -24,11 +24,18 @@ class Task:
     higher_is_better: direction of `best_metric`.
     device_fields: the batch fields the evaluation step needs on device (the rest, e.g. labels,
       stay on the host and reach `eval_metrics` directly).
+    figure: the figure drawn once a run has a best checkpoint, a name in
+      `dapt_jax.figures.FIGURES` (None: none).
+    prediction: what `--mode=predict` makes of users' files, a name in
+      `dapt_jax.predict.PREDICTORS` ('classes': predictions.csv; 'parts': labelled clouds; None:
+      the task has no per-file prediction).
   """
   name: str = ''
   best_metric: Optional[str] = None
   higher_is_better: bool = True
   device_fields: tuple[str, ...] = ('points',)
+  figure: Optional[str] = None
+  prediction: Optional[str] = None
 
   def __init__(self, config: Any):
     self.config = config

@@ -6,11 +6,11 @@ evaluation view FPS to N, optionally with voting.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from dapt_jax import evaluate as eval_lib
@@ -76,6 +76,7 @@ class ClassificationTask(base.Task):
   best_metric = 'accuracy'
   higher_is_better = True
   device_fields = ('points',)
+  prediction = 'classes'
 
   def __init__(self, config: Any, votes: Optional[int] = None, views: Optional[Views] = None):
     """config: the run's config (None with explicit `views`: steps only, e.g. benchmarks)."""
@@ -128,3 +129,14 @@ class ClassificationTask(base.Task):
   def describe(self, metrics):
     return (f"accuracy {100 * metrics['accuracy']:.2f} % (mean class "
             f"{100 * metrics['mean_class_accuracy']:.2f} %)")
+
+
+def make_steps(parallel: steps.DataParallel, net: Any, tx: optax.GradientTransformation,
+               num_points: int, point_all: int, votes: int = 1, skip_full_fps: bool = False):
+  """Classification's wrapped (train_step, eval_step) from explicit view settings, without a
+  config (benchmarks, tests); the eval step returns logits [b, classes]."""
+  task = ClassificationTask(None, views=Views(num_points, point_all, votes, skip_full_fps))
+  train = parallel.wrap_train(functools.partial(steps.train_step, task=task, net=net, tx=tx))
+  evaluate = parallel.wrap_eval(
+      lambda state, batch: steps.eval_step(state, batch, task=task, net=net)['logits'])
+  return train, evaluate
