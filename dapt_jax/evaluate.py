@@ -57,7 +57,7 @@ def collect_outputs(eval_fn: Callable, put_batch: Callable, gather: Callable,
   host: dict[str, list] = {}
   for batch in batches:
     mask = np.asarray(gather(np.asarray(batch['mask'], bool)), bool)
-    result = eval_fn(put_batch({f: batch[f] for f in device_fields}))
+    result = eval_fn(put_batch({f: batch[f] for f in device_fields if f in batch}))
     for k, v in result.items():
       outs.setdefault(k, []).append(gather(v)[mask])
     for k, v in batch.items():

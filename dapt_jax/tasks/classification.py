@@ -56,12 +56,13 @@ def classification_loss(net: Any, variables: dict, batch: dict, key: jax.Array, 
   return loss, ({'accuracy': accuracy}, updates['batch_stats'])
 
 
-def classification_logits(net: Any, variables: dict, points: jax.Array, views: Views
-                          ) -> jax.Array:
+def classification_logits(net: Any, variables: dict, points: jax.Array, views: Views,
+                          valid: Optional[jax.Array] = None) -> jax.Array:
   """Logits [b, classes]. votes == 1: deterministic FPS to N. votes > 1: the logits of `votes`
   random views (subset + scale/translate, keyed by the sample's position and a fixed seed)
-  averaged."""
-  apply = lambda pts: net.apply(variables, pts, train=False)
+  averaged. `valid` [b] bool marks the real clouds of a padded batch (what a method that couples
+  the clouds of a batch, PointGST's d_min, leaves the padding out of)."""
+  apply = lambda pts: net.apply(variables, pts, train=False, valid=valid)
   if views.votes <= 1:
     return apply(augment.eval_view(points, views.num_points, views.fps_impl))
   keys = sample_keys(jax.random.PRNGKey(0), points.shape[0])
@@ -75,7 +76,7 @@ class ClassificationTask(base.Task):
   name = 'classification'
   best_metric = 'accuracy'
   higher_is_better = True
-  device_fields = ('points',)
+  device_fields = ('points', 'mask')
   prediction = 'classes'
 
   def __init__(self, config: Any, votes: Optional[int] = None, views: Optional[Views] = None):
@@ -113,7 +114,8 @@ class ClassificationTask(base.Task):
     return classification_loss(net, variables, batch, key, self.views)
 
   def eval_outputs(self, net, variables, batch):
-    return {'logits': classification_logits(net, variables, batch['points'], self.views)}
+    return {'logits': classification_logits(net, variables, batch['points'], self.views,
+                                            batch.get('mask'))}
 
   def eval_metrics(self, outputs, batch, info):
     return eval_lib.classification_metrics(outputs['logits'], batch['label'], info.num_classes,

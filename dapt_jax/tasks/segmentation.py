@@ -82,7 +82,7 @@ class SegmentationTask(base.Task):
   name = 'segmentation'
   best_metric = 'instance_miou'
   higher_is_better = True
-  device_fields = ('points', 'part', 'num_points', 'category', 'index')
+  device_fields = ('points', 'part', 'num_points', 'category', 'index', 'mask')
   figure = 'segmentation'
   prediction = 'parts'
 
@@ -137,7 +137,8 @@ class SegmentationTask(base.Task):
 
   def eval_outputs(self, net, variables, batch):
     points, target = self.views.batch(eval_keys(batch['index']), batch, False, net.dtype)
-    logits = net.apply(variables, points, batch['category'], train=False)
+    logits = net.apply(variables, points, batch['category'], train=False,
+                       valid=batch.get('mask'))
     pred = metrics_lib.restricted_argmax(logits, batch['category'], self.mask)
     return {'pred': pred, 'target': target}
 
