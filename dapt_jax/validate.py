@@ -208,6 +208,18 @@ def _model(config, ctx: Context) -> None:
     raise ConfigError(f'config.model: {errors.one_line(e)} (is the config file complete?)') from None
 
 
+@register('task')
+def _task(config, ctx: Context) -> None:
+  """What the task checks against its data before anything is prepared (segmentation: the
+  dataset's categories and part ids)."""
+  del ctx
+  from dapt_jax import tasks  # pylint: disable=g-import-not-at-top
+  try:
+    tasks.get_task(config).check_config()
+  except errors.UserError as e:
+    raise ConfigError(errors.one_line(e)) from None
+
+
 @register('partition rules')
 def _partition_rules(config, ctx: Context) -> None:
   del ctx

@@ -41,9 +41,10 @@ def build(config: Any, task: Any) -> tuple[Any, dict, Any]:
     loaded = pretrained.load_converted(config.init_from)
     variables, report = pretrained.merge_pretrained(variables, loaded)
     fresh = report.get('freshly_initialised', [])
-    shown = f" ({', '.join(fresh[:6])}{', ...' if len(fresh) > 6 else ''})" if fresh else ''
-    log.info('Loaded %d tensors from %s; %d freshly initialised%s', len(report['loaded']),
-             config.init_from, len(fresh), shown)
+    # validate.py has refused any frozen parameter left fresh: what is listed here trains.
+    shown = f': {pretrained.describe_fresh(fresh)}' if fresh else ''
+    log.info('Loaded %d tensors from %s; %d start from their initial values%s',
+             len(report['loaded']), config.init_from, len(fresh), shown)
   labels = partition.label_params(variables['params'], partition.rules_for(config))
   return net, variables, labels
 

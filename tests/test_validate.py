@@ -166,3 +166,26 @@ def test_other_tasks_models_are_checked_by_their_own_builders(tmp_path):
   with pytest.raises(errors.UserError, match='num_heads'):
     check(seg, tmp_path)
   assert os.listdir(tmp_path) == []
+
+
+BACKBONE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'assets',
+                        'pretrained', 'synthetic_small')
+
+
+def test_init_from_must_hold_every_frozen_parameter(tmp_path):
+  """The shipped 2-block demo backbone fits configs/synthetic.py; into a 4-block model it would
+  leave blocks 2-3 frozen at random values, which training can never fix."""
+  c = synthetic.get_config()
+  c.unlock()
+  c.init_from = BACKBONE
+  ctx = check(c, tmp_path)
+  assert 'blocks_1/attn/qkv/kernel' in ctx.variable_shapes['params']
+  c.model.depth = 4
+  with pytest.raises(errors.UserError) as e:
+    check(c, tmp_path)
+  message = str(e.value)
+  assert 'does not hold' in message and 'frozen parameter' in message and 'blocks_2/' in message
+  assert len(message.splitlines()) == 1 and os.listdir(tmp_path) == []
+  # Full fine-tuning trains every parameter: a fresh block is allowed there.
+  c.model.peft = 'full'
+  check(c, tmp_path)

@@ -40,6 +40,10 @@ class Task:
   def __init__(self, config: Any):
     self.config = config
 
+  def check_config(self) -> None:
+    """What the task can check against its data without preparing it (validate.py calls it
+    before anything is prepared, built or written); raises TaskError."""
+
   # -- model --------------------------------------------------------------------------------
 
   def build_model(self, axis_name: Optional[str] = None) -> Any:

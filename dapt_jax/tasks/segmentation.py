@@ -109,18 +109,22 @@ class SegmentationTask(base.Task):
     dc = config.data
     train_source, train_info = part_source.get_part_source(dc, dc.train_split)
     eval_source, eval_info = part_source.get_part_source(dc, dc.eval_split)
-    self.check_model(train_info)
+    self.check_model(train_info.name, train_info.num_classes, train_info.num_parts)
     return train_source, eval_source, eval_info
 
-  def check_model(self, info: Any) -> None:
+  def check_config(self):
+    """The dataset's categories and part ids are known from its name alone."""
+    self.check_model(self.config.data.name, len(self.category_parts), self.num_parts)
+
+  def check_model(self, name: str, num_categories: int, num_parts: int) -> None:
     """The model's categories and parts must be the dataset's."""
     m = self.config.model
-    if int(m.num_classes) != info.num_classes:
-      raise base.TaskError(f'config.model.num_classes={m.num_classes} but {info.name} has '
-                           f'{info.num_classes} categories')
-    if int(m.num_parts) != info.num_parts:
-      raise base.TaskError(f'config.model.num_parts={m.num_parts} but {info.name} has '
-                           f'{info.num_parts} part ids')
+    if int(m.num_classes) != num_categories:
+      raise base.TaskError(f'config.model.num_classes={m.num_classes} but {name} has '
+                           f'{num_categories} categories')
+    if int(m.num_parts) != num_parts:
+      raise base.TaskError(f'config.model.num_parts={m.num_parts} but {name} has '
+                           f'{num_parts} part ids')
 
   # -- per-device steps ---------------------------------------------------------------------
 
