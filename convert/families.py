@@ -65,6 +65,20 @@ def _method_name(fields: Mapping[str, Any]) -> str:
   return methods.RELEASES[method].name if method in methods.RELEASES else method
 
 
+# The methods whose part-segmentation exports are told apart (layouts.segmentation_layout); each
+# converts, without --config, to the variant of configs/shapenetpart.py named after it.
+_SEGMENTATION_EXPORTS = [m for m, r in methods.RELEASES.items() if r.own_keys and r.segmentation]
+
+
+def _segmenter_layout(fields: Mapping[str, Any]) -> str:
+  """What --to-torch writes for a segmentation network of the method `fields` name."""
+  method = fields.get('peft')
+  if method not in _SEGMENTATION_EXPORTS:
+    return "Point-MAE's part-segmentation layout"
+  name = methods.RELEASES[method].name
+  return f"Point-MAE's part-segmentation layout with the {name} release's names for {name}'s parts"
+
+
 CLASSIFIER = Family(
     'classifier', 'classification', lambda fields: f'{_method_name(fields)} model',
     keymap.classifier_rows, model_config.classifier_fields,
@@ -83,10 +97,10 @@ SEGMENTER = Family(
     lambda fields: fields.get('peft', methods.DEFAULT),
     task='segmentation', config_field='num_parts', param='label_conv',
     defaults={'point_mae_seg': 'configs/shapenetpart.py:pointmae',
-              'dapt_seg': 'configs/shapenetpart.py:dapt'},
+              **{layouts.segmentation_layout(m): f'configs/shapenetpart.py:{m}'
+                 for m in _SEGMENTATION_EXPORTS}},
     container='model_state_dict',  # where Point-MAE's segmentation code keeps its state dict
-    torch_layout=lambda fields: "Point-MAE's part-segmentation layout" + (
-        " with the DAPT release's names for DAPT's parts" if fields.get('peft') == 'dapt' else ''),
+    torch_layout=_segmenter_layout,
     incomplete='a converted backbone has no head; train or convert a fine-tuned model',
     no_record='{src} records no segmentation model (no config.json or report.json with one); '
     'pass --config configs/shapenetpart.py[:variant]')

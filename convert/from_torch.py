@@ -17,6 +17,7 @@ from convert import methods
 from convert import model_config
 from convert import pth_reader
 from convert.errors import ConvertError
+from dapt_jax.models import release_keys
 from dapt_jax.partition import flatten
 from dapt_jax.partition import unflatten
 
@@ -173,7 +174,7 @@ def convert_checkpoint(src: str, config: str | None = None) -> Conversion:
   out, loaded, ignored = _place(source, entries, flat_shapes, target)
 
   missing = [e for e in entries
-             if (layout.complete or e.part == kinds.BACKBONE) and e.name not in loaded]
+             if (layout.complete or e.part == release_keys.BACKBONE) and e.name not in loaded]
   if missing:
     e = missing[0]
     raise ConvertError(f'missing required tensor {source.outer_prefix}{layout.prefix}'
@@ -194,7 +195,7 @@ def convert_checkpoint(src: str, config: str | None = None) -> Conversion:
       'model': dict(fields),
       'counts': {'loaded': len(loaded), 'ignored': len(ignored),
                  'freshly_initialised': len(fresh)},
-      'fresh_by_part': {part: sum(e.part == part for e in fresh) for part in kinds.PARTS
+      'fresh_by_part': {part: sum(e.part == part for e in fresh) for part in release_keys.PARTS
                         if any(e.part == part for e in fresh)},
       'loaded': loaded,
       'ignored': ignored,

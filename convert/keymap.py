@@ -1,6 +1,6 @@
 """Each model family's key map: its Flax variable paths ⇄ its checkpoint's keys (SPEC §3, §6.5,
-§8.5). All three build on a release's classifier rows (convert/methods.py); the naming itself is
-drawn in docs/architecture.md.
+§8.5). All three build on a release's classifier rows (each PEFT method's `RELEASE`, read through
+convert/methods.py); the naming itself is drawn in docs/architecture.md.
 
 A family's rows function takes the PEFT method whose keys its backbone uses and the
 `collection/path` names of the model's leaves (which fix its depth and the like).
@@ -10,8 +10,9 @@ from __future__ import annotations
 import re
 from typing import Iterable, Mapping
 
-from convert import kinds as k
+from convert import kinds
 from convert import methods
+from dapt_jax.models import release_keys as rk
 from dapt_jax.partition import flatten
 
 _BLOCKS = 'params/blocks_{}/norm1/scale'
@@ -41,32 +42,32 @@ def segmenter_rows(method: str, have: set[str]) -> Iterable[tuple]:
   segmentation head: label_conv, propagation_0, convs1..3, bns1..2."""
   cls = 'params/cls_token' in have
   for row in methods.release_rows(method, _count(have, _BLOCKS)):
-    if row[3] != k.HEAD and (cls or row[3] != k.CLS):
+    if row[3] != rk.HEAD and (cls or row[3] != rk.CLS):
       yield row
-  yield 'label_conv/conv', 'label_conv.0', k.CONV1D_NO_BIAS, k.SEG_HEAD
-  yield 'label_conv/bn', 'label_conv.1', k.BATCH_NORM, k.SEG_HEAD
+  yield 'label_conv/conv', 'label_conv.0', rk.CONV1D_NO_BIAS, rk.SEG_HEAD
+  yield 'label_conv/bn', 'label_conv.1', rk.BATCH_NORM, rk.SEG_HEAD
   layers = _count(have, 'params/propagation_0/conv_{}/kernel')
   for i in range(layers):
-    yield f'propagation_0/conv_{i}', f'propagation_0.mlp_convs.{i}', k.CONV1D, k.SEG_HEAD
+    yield f'propagation_0/conv_{i}', f'propagation_0.mlp_convs.{i}', rk.CONV1D, rk.SEG_HEAD
   for i in range(layers):
-    yield f'propagation_0/bn_{i}', f'propagation_0.mlp_bns.{i}', k.BATCH_NORM, k.SEG_HEAD
+    yield f'propagation_0/bn_{i}', f'propagation_0.mlp_bns.{i}', rk.BATCH_NORM, rk.SEG_HEAD
   for name in ('convs1', 'convs2', 'convs3'):
-    yield name, name, k.CONV1D, k.SEG_HEAD
+    yield name, name, rk.CONV1D, rk.SEG_HEAD
   for name in ('bns1', 'bns2'):
-    yield name, name, k.BATCH_NORM, k.SEG_HEAD
+    yield name, name, rk.BATCH_NORM, rk.SEG_HEAD
 
 
 def _mae_rows(method: str, depth: int, decoder_depth: int) -> Iterable[tuple]:
-  yield 'mask_token', 'mask_token', k.PARAM, k.DECODER
+  yield 'mask_token', 'mask_token', rk.PARAM, rk.DECODER
   for fpath, tprefix, *rest in methods.release_rows(method, depth):
-    if rest[1] not in (k.HEAD, k.CLS):
+    if rest[1] not in (rk.HEAD, rk.CLS):
       yield (fpath, f'MAE_encoder.{tprefix}', *rest)
-  yield 'decoder_pos_embed/fc1', 'decoder_pos_embed.0', k.DENSE, k.DECODER
-  yield 'decoder_pos_embed/fc2', 'decoder_pos_embed.2', k.DENSE, k.DECODER
-  yield from ((f, t, kind, k.DECODER) for f, t, kind, _ in k.block_rows(
-      decoder_depth, k.PLAIN_BLOCK_ROWS, 'decoder/blocks_{}/', 'MAE_decoder.blocks.{}.'))
-  yield 'decoder/norm', 'MAE_decoder.norm', k.LAYER_NORM, k.DECODER
-  yield 'increase_dim', 'increase_dim.0', k.CONV1D, k.DECODER
+  yield 'decoder_pos_embed/fc1', 'decoder_pos_embed.0', rk.DENSE, rk.DECODER
+  yield 'decoder_pos_embed/fc2', 'decoder_pos_embed.2', rk.DENSE, rk.DECODER
+  yield from ((f, t, kind, rk.DECODER) for f, t, kind, _ in rk.block_rows(
+      decoder_depth, rk.PLAIN_BLOCK_ROWS, 'decoder/blocks_{}/', 'MAE_decoder.blocks.{}.'))
+  yield 'decoder/norm', 'MAE_decoder.norm', rk.LAYER_NORM, rk.DECODER
+  yield 'increase_dim', 'increase_dim.0', rk.CONV1D, rk.DECODER
 
 
 def mae_rows(method: str, have: set[str]) -> Iterable[tuple]:
@@ -76,13 +77,14 @@ def mae_rows(method: str, have: set[str]) -> Iterable[tuple]:
                    _count(have, 'params/decoder/blocks_{}/norm1/scale'))
 
 
-def mae_entries(depth: int, decoder_depth: int) -> list[k.Entry]:
+def mae_entries(depth: int, decoder_depth: int) -> list[kinds.Entry]:
   """Every tensor of a masked autoencoder, in the Point-MAE checkpoint's order."""
-  return k.entries(_mae_rows(methods.PLAIN, depth, decoder_depth))
+  return kinds.entries(_mae_rows(methods.PLAIN, depth, decoder_depth))
 
 
-def entries_for_variables(variables: Mapping[str, Mapping], method: str = 'dapt',
-                          rows=classifier_rows, table: str = 'convert/keymap.py') -> list[k.Entry]:
+def entries_for_variables(variables: Mapping[str, Mapping], method: str = methods.DEFAULT,
+                          rows=classifier_rows, table: str = 'convert/keymap.py'
+                          ) -> list[kinds.Entry]:
   """The entries of exactly the leaves of `variables` ({'params', 'batch_stats'}) of a model of
   `method` (config.model.peft) whose key map is `rows`.
 
@@ -91,7 +93,7 @@ def entries_for_variables(variables: Mapping[str, Mapping], method: str = 'dapt'
       entry the model lacks, or a method without a release layout.
   """
   have = leaf_names(variables)
-  entries = k.entries(rows(method, have))
+  entries = kinds.entries(rows(method, have))
   extra = sorted(have - {e.name for e in entries})
   if extra:
     raise ValueError(f'the model has {extra[0]} which {table} does not cover'

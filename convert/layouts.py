@@ -93,6 +93,11 @@ BACKBONE_IGNORE = (
 )
 DAPT_IGNORE = (_COUNTER,)
 
+def segmentation_layout(method: str) -> str:
+  """The layout name of `method`'s part-segmentation network as this project exports it."""
+  return f'{method}_seg'
+
+
 @dataclasses.dataclass(frozen=True)
 class Layout:
   name: str          # short id, written to the report
@@ -113,15 +118,17 @@ LAYOUTS = {
                          'transformer_k.', POINT_BERT_IGNORE, False),
     'backbone': Layout('backbone', 'Point-MAE-style encoder without DAPT parts', '',
                        BACKBONE_IGNORE, False),
-    # Fine-tuned classifiers of the PEFT methods with a release (convert/methods.py).
+    # Fine-tuned classifiers of the PEFT methods with a release (each method's RELEASE).
     **{m: Layout(m, r.description, '', DAPT_IGNORE, True, m)
        for m, r in methods.RELEASES.items() if r.own_keys},
     # Part segmentation: Point-MAE's fine-tuned network (`model_state_dict`), and this project's
-    # DAPT segmentation network written back by `--to-torch` (the same keys plus DAPT's).
+    # segmentation networks written back by `--to-torch` that are told apart (`<method>_seg`: the
+    # same keys plus the method's, release names; DAPT's).
     'point_mae_seg': Layout('point_mae_seg', 'Point-MAE part segmentation fine-tuned', '',
                             DAPT_IGNORE, True),
-    'dapt_seg': Layout('dapt_seg', 'DAPT part segmentation (dapt-jax export)', '', DAPT_IGNORE,
-                       True),
+    **{segmentation_layout(m): Layout(segmentation_layout(m), r.segmentation, '', DAPT_IGNORE,
+                                      True)
+       for m, r in methods.RELEASES.items() if r.own_keys and r.segmentation},
     # The whole masked autoencoder, read as such only when a pre-training config asks for it:
     # strictly, its BatchNorm counters being the only keys without a variable.
     'point_mae_full': Layout('point_mae_full', 'Point-MAE pre-training, the whole masked '
@@ -181,8 +188,9 @@ def _detect(keys: list[str]) -> Layout | None:
     return LAYOUTS['point_bert']
   own = {m: re.compile(r.own_keys) for m, r in methods.RELEASES.items() if r.own_keys}
   if any(_SEGMENTATION_ONLY.search(k) for k in keys):
-    dapt = any(own['dapt'].search(k) for k in keys)
-    return LAYOUTS['dapt_seg' if dapt else 'point_mae_seg']
+    return next((LAYOUTS[segmentation_layout(m)] for m, rx in own.items()
+                 if segmentation_layout(m) in LAYOUTS and any(rx.search(k) for k in keys)),
+                LAYOUTS['point_mae_seg'])
   if _ENCODER_PROBE in keys or any(k.startswith('blocks.blocks.') for k in keys):
     return next((LAYOUTS[m] for m, rx in own.items() if any(rx.search(k) for k in keys)),
                 LAYOUTS['backbone'])

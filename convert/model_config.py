@@ -5,13 +5,14 @@ from __future__ import annotations
 import importlib.util
 import os
 import pathlib
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
 from convert import keymap
 from convert import methods
 from convert.errors import ConvertError
+from dapt_jax.models import release_keys
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = 'configs/scanobjectnn.py:hardest'
@@ -124,8 +125,8 @@ def infer_fields(tensors: Mapping[str, np.ndarray], base: Mapping[str, Any], wit
   if fc1 is not None and fc1.ndim == 2:
     take({'mlp_ratio': float(fc1.shape[0]) / c})
   release = methods.RELEASES[method]
-  take(release.infer(tensors) if method == fields.get('peft', methods.DEFAULT) else
-       {'peft': method, **release.infer(tensors)})
+  take(_read_release(release.infer, tensors) if method == fields.get('peft', methods.DEFAULT)
+       else {'peft': method, **_read_release(release.infer, tensors)})
   if c % fields['num_heads']:
     raise ConvertError(f'trans_dim {c} is not divisible by the default num_heads '
                        f'{fields["num_heads"]}; pass --config with the right num_heads')
@@ -135,5 +136,13 @@ def infer_fields(tensors: Mapping[str, np.ndarray], base: Mapping[str, Any], wit
     if last is not None:
       take({'num_classes': int(last.shape[0])})
     if first is not None and first.ndim == 2 and release.infer_head is not None:
-      take(release.infer_head(int(first.shape[1]), c))
+      take(_read_release(release.infer_head, int(first.shape[1]), c))
   return fields, inferred
+
+
+def _read_release(infer: Callable[..., dict], *args: Any) -> dict[str, Any]:
+  """A release's inference (its method's module) on `args`, its errors as ConvertErrors."""
+  try:
+    return infer(*args)
+  except release_keys.ReleaseError as e:
+    raise ConvertError(str(e)) from None

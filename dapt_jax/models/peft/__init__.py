@@ -3,8 +3,11 @@
 `config.model.peft` names one; `get(name)` gives its `Method` class, whose `from_config(cfg,
 backbone)` makes an instance with the option values of a model section. Every model family
 (classifier, segmenter; the masked autoencoder uses `full`) builds its encoder from it, so every
-method works for every task. Adding a method: a module with a `Method` subclass
-(dapt_jax/models/peft/base.py says what it may define) and its name in METHODS.
+method works for every task, and `python -m convert` reads each method's release checkpoint
+keys (`Method.RELEASE`) from here. Adding a method: a module with a `Method` subclass
+(dapt_jax/models/peft/base.py says what it may define: options and their checks, block and
+sequence additions, trainable rules, release keys) and its name in METHODS; no other code
+changes (its tests and docs aside).
 
 | method     | added to the frozen Point-MAE backbone (what trains besides cls token/pos + head) |
 |------------|-----------------------------------------------------------------------------------|

@@ -10,7 +10,13 @@ differs per method lives there and only there:
     patch tokens sit: `prompts` / `patches`), used by the one encoder (`models.encoder`);
   - what the classifier's head reads (`head_tokens`) and whether the segmenter gets a class token;
   - its trainable partition (`trainable_rules`, given the family's head rules);
-  - how its release checkpoints name its parameters (`release_keys`, for `python -m convert`).
+  - its release checkpoint (`RELEASE`, a `release_keys.Release`: the PyTorch keys of its
+    classifier as key map rows, how its fine-tuned checkpoints are recognised and what their
+    tensors say about the model), which `python -m convert` reads; None where there is none.
+
+Adding a method: a module here with a `Method` subclass (its `NAME` the module's name) defining
+what it needs of the above, and its name in `peft.METHODS` (dapt_jax/models/peft/__init__.py);
+nothing outside dapt_jax/models/peft/ changes (convert/ finds its release through the registry).
 
 A `Method` instance is a frozen dataclass holding its option values, so it is hashable and can be
 a Flax module attribute. The plain backbone (Point-MAE: position embedding added before every
@@ -25,6 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from dapt_jax.models import config as config_lib
+from dapt_jax.models import release_keys
 from dapt_jax.models import transformer
 from dapt_jax.models.config import ModelConfigError
 
@@ -57,6 +64,8 @@ class Method:
   OPTIONS: ClassVar[Mapping[str, Any]] = {}
   # Whether the part segmenter gets a class token (and its position) with this method.
   SEGMENTER_CLASS_TOKEN: ClassVar[bool] = False
+  # Its release checkpoint's keys and how to read one (None: the project's own design, no release).
+  RELEASE: ClassVar[Optional[release_keys.Release]] = None
 
   # -- options ----------------------------------------------------------------------------------
 
@@ -129,13 +138,6 @@ class Method:
     """Regexes of parameters the method freezes at their initial values by design (so a
     pre-trained backbone need not hold them)."""
     return ()
-
-  # -- release checkpoints -----------------------------------------------------------------------
-
-  def release_keys(self, depth: int) -> dict[str, str]:
-    """{Flax path of a parameter it adds: its release's PyTorch key} (empty: no release)."""
-    del depth
-    return {}
 
 
 def positive_int(field: str, value: Any) -> int:

@@ -10,18 +10,20 @@ the k neighbours. Fusion: concat of the three outputs (3C) → Linear 3C→C wit
 over B·G, LeakyReLU(0.2); max over the G tokens. Initial values as the release's (PyTorch's
 default for the convolutions, BatchNorm 1/0, prompt_pos truncated normal std 0.02).
 
-Parameter names follow the release's module (conv1..3 and conv5/bn5: it has no conv4).
+Parameter names follow the release's module (conv1..3 and conv5/bn5: it has no conv4). Its
+release keys are Point-MAE's plus `prompt_pos` and the module's, under the encoder's `blocks.cls`.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
 from dapt_jax.models import layers
+from dapt_jax.models import release_keys as rk
 from dapt_jax.models.peft import base
 
 Array = jax.Array
@@ -75,11 +77,34 @@ class EdgeConvPrompt(nn.Module):
     return prompt, prompt_pos
 
 
+# The prompt module's release keys (IDPT:models/dgcnn.py DGCNNView, under the encoder's
+# `blocks.cls`). Each BatchNorm is registered twice in the release (as bn<n> and inside conv<n>),
+# so its state dict holds the same tensors under both names: the second is an alias.
+_RELEASE_ROWS = (
+    ('idpt/bn1', 'blocks.cls.bn1', rk.BATCH_NORM, rk.PEFT, 'blocks.cls.conv1.1'),
+    ('idpt/bn2', 'blocks.cls.bn2', rk.BATCH_NORM, rk.PEFT, 'blocks.cls.conv2.1'),
+    ('idpt/bn3', 'blocks.cls.bn3', rk.BATCH_NORM, rk.PEFT, 'blocks.cls.conv3.1'),
+    ('idpt/bn5', 'blocks.cls.bn5', rk.BATCH_NORM, rk.PEFT, 'blocks.cls.conv5.1'),
+    ('idpt/conv1', 'blocks.cls.conv1.0', rk.CONV2D_NO_BIAS, rk.PEFT),
+    ('idpt/conv2', 'blocks.cls.conv2.0', rk.CONV2D_NO_BIAS, rk.PEFT),
+    ('idpt/conv3', 'blocks.cls.conv3.0', rk.CONV2D_NO_BIAS, rk.PEFT),
+    ('idpt/conv5', 'blocks.cls.conv5.0', rk.CONV1D_NO_BIAS, rk.PEFT),
+)
+
+
+def _release_rows(depth: int) -> Iterable[tuple]:
+  return rk.plain_rows(depth, before=[('idpt/prompt_pos', 'prompt_pos', rk.PARAM, rk.PEFT)],
+                       after=_RELEASE_ROWS)
+
+
 @dataclasses.dataclass(frozen=True)
 class Method(base.Method):
   """IDPT: the prompt module before block `idpt_prompt_layer`, `idpt_k` neighbours."""
   NAME = 'idpt'
   OPTIONS = {'idpt_prompt_layer': -1, 'idpt_k': 20}
+  RELEASE = rk.Release('IDPT', _release_rows, r'^blocks\.cls\.|^prompt_pos$',
+                       'IDPT fine-tuned model (release key layout, blocks.cls.*)',
+                       infer_head=rk.fixed_head(3, NAME))
 
   idpt_prompt_layer: int = -1
   idpt_k: int = 20

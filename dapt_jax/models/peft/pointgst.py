@@ -37,13 +37,14 @@ Deviations from the release, both forced by determinism:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple, Optional
+from typing import Any, Iterable, Mapping, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
 from dapt_jax.models import layers
+from dapt_jax.models import release_keys as rk
 from dapt_jax.models import transformer
 from dapt_jax.models.peft import base
 
@@ -200,11 +201,33 @@ class Additions(transformer.Additions):
     return x + carry['pcsa']
 
 
+# The release's keys of one block's PCSA (GST:models/PGST.py), after Point-MAE's block's.
+_RELEASE_BLOCK_ROWS = (
+    ('pcsa/norm1', 'gft_adapter.norm_ly1', rk.LAYER_NORM, rk.PEFT),
+    ('pcsa/norm2', 'gft_adapter.norm_ly2', rk.LAYER_NORM, rk.PEFT),
+    ('pcsa/down', 'gft_adapter.down', rk.DENSE, rk.PEFT),
+    ('pcsa/up', 'gft_adapter.up', rk.DENSE, rk.PEFT),
+    ('pcsa/adapt1', 'gft_adapter.adapt1', rk.DENSE, rk.PEFT),
+)
+
+
+def _release_rows(depth: int) -> Iterable[tuple]:
+  return rk.plain_rows(depth, block=_RELEASE_BLOCK_ROWS)
+
+
+def _infer(tensors: Mapping[str, Any]) -> dict[str, Any]:
+  down = tensors.get('blocks.blocks.0.gft_adapter.down.weight')
+  return {} if down is None else {'pgst_rank': int(down.shape[0])}
+
+
 @dataclasses.dataclass(frozen=True)
 class Method(base.Method):
   """PointGST: PCSA of width `pgst_rank` in every block; local runs of `pgst_local` centres."""
   NAME = 'pointgst'
   OPTIONS = {'pgst_rank': 36, 'pgst_local': 32}
+  RELEASE = rk.Release('PointGST', _release_rows, r'\.gft_adapter\.',
+                       'PointGST fine-tuned model (release key layout, *.gft_adapter.*)', _infer,
+                       rk.fixed_head(2, NAME))
 
   pgst_rank: int = 36
   pgst_local: int = 32
