@@ -26,6 +26,10 @@ SHARED_DATA = ROOT.parent / 'shared' / 'data'
 _LONG_FIRST = (
     'tests/test_train.py',
     'tests/test_multiprocess.py',
+    'tests/test_reliability.py',
+    'tests/test_segmentation_methods.py',
+    'tests/test_demo_quickstart.py',
+    'tests/test_old_workdir.py',
     'tests/test_pretrain.py',
     'tests/test_data_folder.py',
     'tests/test_sweep.py',

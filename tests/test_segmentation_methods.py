@@ -119,7 +119,7 @@ SEG_SWEEP = ('--config.model.trans_dim=16', '--config.model.encoder_dims=16',
              '--config.data.point_all=64', '--config.data.synthetic_points=128',
              '--config.data.pool_points=128', '--config.data.synthetic_num_train=16',
              '--config.data.synthetic_num_test=8', '--config.data.synthetic_num_categories=3',
-             '--config.batch_size=8', '--config.eval.batch_size=8', '--config.num_epochs=0',
+             '--config.batch_size=8', '--config.eval.batch_size=8', '--config.num_epochs=1',
              '--config.progress_bar=False', '--config.log_every_steps=1')
 
 
