@@ -67,6 +67,7 @@ def main(argv):
   logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(message)s',
                       force=True)
   logging.getLogger('absl').setLevel(logging.WARNING)
+  logging.getLogger('jax._src.xla_bridge').setLevel(logging.WARNING)  # 'Unable to load libtpu'
   import jax  # pylint: disable=g-import-not-at-top
   if _multi_host():
     env = os.environ
@@ -92,6 +93,8 @@ def main(argv):
     # Everything that can be checked is checked before the workdir is touched or a model built.
     if FLAGS.mode in ('train', 'eval'):
       from dapt_jax.data import classes  # pylint: disable=g-import-not-at-top
+      if classes.counted_by_preparing(config):  # checked first: preparing can take minutes
+        validate.check_run(config, FLAGS.workdir, FLAGS.mode)
       config = classes.fit_to_data(config)  # folder data: prepared, model.num_classes set
     validate.check_run(config, FLAGS.workdir, FLAGS.mode)
     compile_cache.enable(config.get('compile_cache_dir', compile_cache.DEFAULT_DIR))

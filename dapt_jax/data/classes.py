@@ -77,11 +77,17 @@ def with_num_classes(config: Any, class_names: Sequence[str], where: str) -> Any
                   'set --config.model.num_classes=0 to take the count from the data')
 
 
+def counted_by_preparing(config: Any) -> bool:
+  """Whether the class count comes from preparing the data (the folder dataset): everything
+  else about the run is worth checking before that."""
+  return str(config.data.name) == 'folder'
+
+
 def fit_to_data(config: Any) -> Any:
   """For the folder dataset: prepares the data (once; every bad file is found here, before a
   workdir is touched) and sets model.num_classes from its class folders. Other datasets: the
   config as it is (their class counts are fixed and checked when the data is opened)."""
-  if str(config.data.name) != 'folder':
+  if not counted_by_preparing(config):
     return config
   from dapt_jax.data import sources  # pylint: disable=g-import-not-at-top  (pulls in TFDS)
   builder = sources.prepare_builder(config.data)
