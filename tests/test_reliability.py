@@ -295,3 +295,34 @@ def test_a_run_folder_held_by_another_run_is_refused_without_writing_to_its_log(
     with pytest.raises(workdir_lib.WorkdirBusy, match='in use by another run'):
       sweep.run_one(run, str(tmp_path), 'configs/modelnet_fewshot.py', [], sweep._Forward())  # pylint: disable=protected-access
   assert log.read_text() == 'the running run\n'
+
+
+# ---------------------------------------------------------------------------------------------
+# Items 3 and 8 (model side): init_from must hold every frozen parameter; a backbone of another
+# width into folder data, and a segmentation model's part count, are refused before anything is
+# prepared.
+
+BACKBONE = os.path.join(ROOT, 'assets', 'pretrained', 'synthetic_small')  # 64 wide, 2 blocks
+
+
+def test_init_from_and_part_count_are_checked_before_anything_is_prepared(env, tmp_path):
+  workdir = tmp_path / 'w'
+  # The 2-block demo backbone into a 4-block model: blocks 2-3 would stay random and frozen.
+  out = _run(env, ['--config=configs/synthetic.py', f'--workdir={workdir}',
+                   f'--config.init_from={BACKBONE}', '--config.model.depth=4',
+                   f'--config.data.tfds_data_dir={tmp_path / "tfds"}'])
+  cli_tests.assert_refused(out, 'does not hold', 'frozen parameter', 'blocks_2/')
+  assert not workdir.exists() and not (tmp_path / 'tfds').exists()
+  # A 64-wide backbone into the 384-wide folder config: refused before the folder is prepared.
+  root = tmp_path / 'clouds'
+  folder_tests._layout(root, {'a': 3, 'b': 3})  # pylint: disable=protected-access
+  out = _run(env, ['--config=configs/folder.py', f'--workdir={workdir}',
+                   f'--config.data.data_dir={root}', f'--config.init_from={BACKBONE}',
+                   f'--config.data.tfds_data_dir={tmp_path / "tfds"}'])
+  cli_tests.assert_refused(out, 'blocks_0/', 'has shape', "this config's model needs")
+  assert not workdir.exists() and folder_tests._prepared(tmp_path) == []  # pylint: disable=protected-access
+  # A segmentation model whose part count is not the dataset's: refused before preparation.
+  out = _run(env, ['--config=configs/shapenetpart.py:synthetic', f'--workdir={workdir}',
+                   '--config.model.num_parts=10', f'--config.data.tfds_data_dir={tmp_path / "tfds"}'])
+  cli_tests.assert_refused(out, 'config.model.num_parts=10', 'part ids')
+  assert not workdir.exists() and not (tmp_path / 'tfds').exists()
