@@ -10,7 +10,8 @@ Any config field can be overridden: --config.optim.lr=1e-3, --config.data.data_d
 
 Exit status: 0 done; 2 a user mistake (one `error:` line on stderr, nothing written; the
 traceback too with --debug or DAPT_JAX_DEBUG=1); 3 preempted (SIGTERM: the run saved its state;
-re-run the same command to resume).
+re-run the same command to resume) or, in a multi-host run, a lost peer process (one `error:`
+line naming it and the step that re-running the command on every host resumes from).
 """
 import logging
 import os
@@ -70,20 +71,8 @@ def main(argv):
   logging.getLogger('jax._src.xla_bridge').setLevel(logging.WARNING)  # 'Unable to load libtpu'
   import jax  # pylint: disable=g-import-not-at-top
   if _multi_host():
-    env = os.environ
-    if env.get('JAX_COORDINATOR_ADDRESS') and env.get('JAX_NUM_PROCESSES'):
-      jax.distributed.initialize(coordinator_address=env['JAX_COORDINATOR_ADDRESS'],
-                                 num_processes=int(env['JAX_NUM_PROCESSES']),
-                                 process_id=int(env.get('JAX_PROCESS_ID', '0')))
-    else:  # SLURM, TPU pods, ...: JAX detects the cluster itself
-      jax.distributed.initialize()
-    # Open the cross-process communicators now, while the processes are in step: CPU hosts'
-    # collectives (gloo) fail when processes first reach one more than 30 s apart, as happens when
-    # one compiles slower. One device per process (checkpoint barriers), then every device (steps).
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    multihost_utils.sync_global_devices('dapt_jax: processes up')
-    jax.pmap(lambda x: jax.lax.psum(x, 'all'), axis_name='all')(
-        jax.numpy.ones(jax.local_device_count())).block_until_ready()
+    from dapt_jax import multihost  # pylint: disable=g-import-not-at-top
+    multihost.initialize(resume_dir=FLAGS.workdir if FLAGS.mode == 'train' else None)
 
   from dapt_jax import compile_cache  # pylint: disable=g-import-not-at-top
   from dapt_jax import validate  # pylint: disable=g-import-not-at-top
@@ -107,7 +96,8 @@ def main(argv):
                    if best is not None else '')
       if summary['stopped'] != 'finished':
         print(f"stopped after step {summary['steps']} ({summary['stopped']}); "
-              're-run the same command to resume')
+              + ('raise or drop --config.max_steps to go on' if summary['stopped'] == 'max_steps'
+                 else 're-run the same command to resume'))
       elif summary['final_metrics'] is not None:
         print(f"final: {summary['final_description']}"
               + (f'; {best_text}' if best_text else '')
@@ -138,7 +128,11 @@ def main(argv):
     else:  # predict: the task says what it makes of the input files
       from dapt_jax import predict  # pylint: disable=g-import-not-at-top
       print(predict.run(config, FLAGS.workdir, FLAGS.input, FLAGS.category))
-  except errors.UserError as e:
+  except Exception as e:  # pylint: disable=broad-except
+    from dapt_jax import multihost  # pylint: disable=g-import-not-at-top
+    multihost.hold_if_peer_lost(e)  # a peer process lost: one line and status 3, from here
+    if not isinstance(e, errors.UserError):
+      raise
     errors.report(e)
     errors.exit_now(errors.EXIT_USER_ERROR)  # no background save/restore left to wait for
 

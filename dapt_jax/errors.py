@@ -62,6 +62,18 @@ def exit_now(code: int) -> NoReturn:
   os._exit(code)  # pylint: disable=protected-access
 
 
+def end_quietly(line: str, code: int) -> NoReturn:
+  """Ends the process at once with `code` after `line` on stderr; callable from any thread.
+
+  Other threads are muted first, and the line goes straight to the stderr file descriptor (a
+  muted stream would drop it when the caller is not the main thread).
+  """
+  mute_other_threads()
+  _flush()
+  os.write(2, (line.rstrip('\n') + '\n').encode())
+  os._exit(code)  # pylint: disable=protected-access
+
+
 class _MainThreadOnly:
   """A text stream that passes on what the main thread writes and drops other threads' writes."""
 

@@ -110,6 +110,29 @@ def _claim_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
     os.replace(tmp, path)
 
 
+def _finished_run(config: ml_collections.ConfigDict, workdir: str) -> Optional[dict]:
+  """The summary of the workdir's run of this config if it already ended (its epochs or
+  `max_steps` reached), read without writing anything; None if it has training left to do."""
+  if not os.path.exists(os.path.join(workdir, CONFIG_FILE)) or _check_workdir(config, workdir):
+    return None  # a new workdir, or another config's run that config.overwrite replaces
+  try:
+    name, step = ckpt_lib.find_checkpoint(workdir, 'last')
+    with open(os.path.join(workdir, 'checkpoints', name, str(step), 'meta', 'metadata')) as f:
+      meta = json.load(f)
+    epochs_done = meta['loader']['epoch'] > config.num_epochs  # epochs 0..num_epochs
+  except (ckpt_lib.CheckpointError, OSError, ValueError, KeyError, TypeError):
+    return None  # the restore says what is wrong, if anything
+  if not epochs_done and (config.max_steps is None or step < config.max_steps):
+    return None
+  task = tasks.get_task(config)
+  best = (meta.get('best_value', meta.get('best_accuracy')) if meta.get('best_epoch', -1) >= 0
+          else None)  # 'best_accuracy': checkpoints written before tasks named their metric
+  return {'steps': step, 'stopped': 'finished' if epochs_done else 'max_steps',
+          'final_metrics': None, 'final_description': None, 'best_metric': task.best_metric,
+          'best_value': best, 'best_epoch': meta['best_epoch'] if best is not None else None,
+          'trainable_parameters': None, 'total_parameters': None, 'curves': None}
+
+
 def _log_counts(variables, labels, config) -> dict:
   counts = partition.count(variables['params'], labels)
   log.info('Parameters (trainable / total):\n%s', partition.format_counts(counts))
@@ -378,6 +401,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """
   config = data_lib.classes.fit_to_data(config)  # folder data: prepared, num_classes set
   _check_workdir(config, workdir)  # reads only: nothing is written before the run is set up
+  finished = _finished_run(config, workdir)
+  if finished is not None:  # re-running a finished run's command changes nothing
+    return finished
   log.info('Devices: %d (%s), processes: %d', jax.device_count(), jax.devices()[0].platform,
            jax.process_count())
   task = tasks.get_task(config)
