@@ -3,4 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh requirements-test.txt
-exec .venv/bin/python -m pytest -n 2 -q "$@"
+# --dist loadscope: each test module runs whole on one worker, so its module-scoped fixtures
+# (trained runs, converted references) are built once, not once per worker.
+exec .venv/bin/python -m pytest -n 2 --dist loadscope -q "$@"
