@@ -432,17 +432,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 # Evaluation
 
 
-def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """--mode=eval: writes eval_<split>.json and predictions_<split>.npz into the workdir.
-
-  The metrics dict also carries 'split', 'votes', 'checkpoint' and 'description' (one line).
-  """
-  config = data_lib.classes.fit_to_data(config)
-  task = tasks.get_task(config)
+def evaluate_split(config: ml_collections.ConfigDict, workdir: str, task: tasks.Task
+                   ) -> tuple[dict, dict, dict, str, Any]:
+  """`task`'s evaluation of the weights --mode=eval reads (the workdir's best checkpoint, else
+  init_from) over config.eval.split, every sample once: (metrics, per-sample outputs, the
+  samples' host fields, where the weights came from, the split's SourceInfo)."""
   net, variables, labels = weights.build(config, task)
   variables, origin = weights.for_eval(config, workdir, variables)
-  split = config.eval.split
-  source, info = data_lib.get_source(config.data, split)
+  source, info = data_lib.get_source(config.data, config.eval.split)
   parallel = steps_lib.DataParallel(config.parallel, config.eval.batch_size)
   tx = optim.make_optimizer(config.optim, labels, lambda s: 0.0)
   state = steps_lib.create_state(variables, labels, tx, jax.random.PRNGKey(0))
@@ -450,6 +447,18 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
   state_dev = parallel.put_state(state)
   metrics, outputs, host = eval_lib.evaluate_source(
       lambda b: eval_step(state_dev, b), parallel, source, info, config.eval.batch_size, task)
+  return metrics, outputs, host, origin, info
+
+
+def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """--mode=eval: writes eval_<split>.json and predictions_<split>.npz into the workdir.
+
+  The metrics dict also carries 'split', 'votes', 'checkpoint' and 'description' (one line).
+  """
+  config = data_lib.classes.fit_to_data(config)
+  task = tasks.get_task(config)
+  metrics, outputs, host, origin, info = evaluate_split(config, workdir, task)
+  split = config.eval.split
   metrics.update(split=split, votes=int(config.eval.votes), checkpoint=origin,
                  class_names=list(info.class_names), description=task.describe(metrics))
   os.makedirs(workdir, exist_ok=True)

@@ -107,26 +107,14 @@ def run(config: Any, workdir: str) -> dict:
   Returns {'png', 'npy', 'num_samples', 'feature_dim', 'checkpoint', 'split'}.
   """
   from dapt_jax import data as data_lib  # pylint: disable=g-import-not-at-top
-  from dapt_jax import evaluate as eval_lib  # pylint: disable=g-import-not-at-top
-  from dapt_jax import optim  # pylint: disable=g-import-not-at-top
-  from dapt_jax import steps as steps_lib  # pylint: disable=g-import-not-at-top
-  from dapt_jax import weights  # pylint: disable=g-import-not-at-top
+  from dapt_jax import train  # pylint: disable=g-import-not-at-top
   if config.get('task', 'classification') != 'classification':
     raise TSNEError(f"--mode=tsne is for classification, not config.task={config.task!r}")
   config = data_lib.classes.fit_to_data(config)
-  task = FeatureTask(config, votes=1)
-  net, variables, labels = weights.build(config, task)
-  # The variables --mode=eval would evaluate (best checkpoint, else init_from).
-  variables, origin = weights.for_eval(config, workdir, variables)
+  # The weights --mode=eval would evaluate (best checkpoint, else init_from).
+  _, outputs, host, origin, info = train.evaluate_split(config, workdir,
+                                                        FeatureTask(config, votes=1))
   split = config.eval.split
-  source, info = data_lib.get_source(config.data, split)
-  parallel = steps_lib.DataParallel(config.parallel, config.eval.batch_size)
-  tx = optim.make_optimizer(config.optim, labels, lambda s: 0.0)
-  state = steps_lib.create_state(variables, labels, tx, jax.random.PRNGKey(0))
-  _, eval_step = steps_lib.make_task_steps(parallel, task, net, tx)
-  state_dev = parallel.put_state(state)
-  _, outputs, host = eval_lib.evaluate_source(
-      lambda b: eval_step(state_dev, b), parallel, source, info, config.eval.batch_size, task)
   features = np.asarray(outputs['features'], np.float64)
   order = np.argsort(host['index'], kind='stable')           # source order
   features, sample_labels = features[order], np.asarray(host['label'])[order]
