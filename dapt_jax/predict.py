@@ -17,44 +17,37 @@ init_from workdir's, else the dataset's official list or class folders). Every f
 checked before the model is built, so bad files cost one line naming every one of them and leave
 nothing written.
 
-Each cloud is prepared as the run's data was: for the folder dataset the same up axis, surface
+Built on the Python API (`dapt_jax.serve`, `dapt_jax.load`): one prediction path. Each cloud is
+prepared as the run's data was (`serve.prepare`): for the folder dataset the same up axis, surface
 sampling, farthest point sampling to `data.folder_points` and normalisation; ModelNet40 clouds
 are centred and scaled to the unit sphere; others are read as they are. A cloud with fewer
 points than that is resampled with replacement (one warning line for all of them); one with fewer
-than `model.group_size` points (one patch) is refused.
+than `model.group_size` points (one patch) is refused. Clouds run in batches of
+`eval.batch_size` on one device (the last padded and masked), compiled once.
 """
 from __future__ import annotations
 
 import csv
 import dataclasses
-import functools
-import json
 import logging
 import os
 from typing import Any, Optional
 
 import jax
 import numpy as np
-import optax
 
-from dapt_jax import data as data_lib
 from dapt_jax import evaluate as eval_lib
 from dapt_jax import predict_io
 from dapt_jax import predict_parts
-from dapt_jax import steps as steps_lib
+from dapt_jax import serve
 from dapt_jax import tasks
-from dapt_jax import weights
 from dapt_jax.data import classes as classes_lib
 from dapt_jax.data import folder
-from dapt_jax.data.errors import DataError
 
 log = logging.getLogger('dapt_jax')
 
 PREDICTIONS_FILE = 'predictions.csv'
 TOP_K = 5
-# Data fields that decide how a cloud is prepared: they must match the run being loaded.
-PREPARATION_FIELDS = ('name', 'num_points', 'point_all', 'folder_points', 'folder_mesh_points',
-                      'folder_normalize', 'folder_up_axis')
 
 
 @dataclasses.dataclass
@@ -70,57 +63,22 @@ class Predictions:
     return [(self.class_names[c], float(self.probs[i, c])) for c in order]
 
 
-def _settings(dc: Any) -> folder.Settings:
-  """How each input cloud is prepared, as the run's dataset was."""
-  if str(dc.name) == 'folder':
-    return folder.settings(dc)
-  normalize = 'unit_sphere' if str(dc.name) == 'modelnet40' else 'none'
-  return folder.Settings(points=int(dc.num_points), normalize=normalize)
-
-
-def class_names(config: Any, workdir: Optional[str]) -> tuple[list, str]:
-  """(names, where they came from): the run's classes.json, the init_from's, or the dataset's."""
-  for directory in (workdir, config.init_from):
-    names = classes_lib.read(directory)
-    if names is not None:
-      return names, os.path.join(directory, classes_lib.CLASSES_FILE)
-  names = classes_lib.builtin(config.data, int(config.model.num_classes))
-  if names is not None:
-    return names, f'the {config.data.name} dataset'
-  raise DataError(f'no class names for data.name={config.data.name!r}: neither '
-                  f'{workdir}/{classes_lib.CLASSES_FILE} nor data.data_dir says what the classes '
-                  'are; predict from a training workdir')
-
-
-def _check_same_preparation(config: Any, workdir: Optional[str]) -> None:
-  """Refuses data fields that differ from the run in `workdir` (the clouds would be prepared
-  differently from what the model was trained on)."""
-  path = os.path.join(workdir or '', 'config.json')
-  if not workdir or not os.path.isfile(path):
-    return
-  try:
-    with open(path) as f:
-      run = json.load(f).get('data', {})
-  except (OSError, ValueError):
-    return
-  for field in PREPARATION_FIELDS:
-    if field in run and field in config.data and run[field] != config.data[field]:
-      raise DataError(f'data.{field}={config.data[field]!r} differs from the run in {workdir} '
-                      f'({run[field]!r}); predict with the config it was trained with')
+class_names = serve.class_names  # (names, where from): the run's, the init_from's, the dataset's
 
 
 def load_inputs(paths: list, config: Any, progress: bool = True) -> np.ndarray:
-  """Reads, checks and prepares every file → float32 [files, P, 3]."""
+  """Reads, checks and prepares every file → float32 [files, P, 3] (`serve.prepare`, as the
+  Python API prepares clouds in memory)."""
   from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
 
-  s = _settings(config.data)
+  s = serve.settings(config.data)
   minimum = int(config.model.group_size)
   with tqdm(total=len(paths), desc='predict: reading', unit='file', leave=False,
             disable=not progress or jax.process_index() != 0) as bar:
     # Every file is read, so one error names every bad one; the bar is cleared before it.
     raw = predict_io.read_all(paths, lambda p: folder.read(p, s, minimum, seed=0),
                               lambda: bar.update(1))
-  points, resampled = folder.prepare(raw, s, [0] * len(raw))
+  points, resampled = serve.prepare(raw, s)
   folder.warn_resampled([paths[i] for i in resampled], [raw[i].shape[0] for i in resampled],
                         s.points, 'predict')
   return points
@@ -134,6 +92,8 @@ def predict(config: Any, workdir: Optional[str], input_spec: str) -> Predictions
   if workdir is None and not config.init_from:
     raise eval_lib.InputError('--mode=predict needs --workdir (a training run) or '
                               '--config.init_from (a converted checkpoint)')
+  if int(config.eval.batch_size) < 1:
+    raise eval_lib.InputError(f'eval.batch_size={config.eval.batch_size}: must be at least 1')
   predict_io.check_workdir(workdir)
   csv_path = os.path.join(workdir, PREDICTIONS_FILE) if workdir is not None else None
   earlier = _earlier_rows(csv_path)
@@ -141,33 +101,17 @@ def predict(config: Any, workdir: Optional[str], input_spec: str) -> Predictions
   if workdir is None and len(paths) > 1:
     raise eval_lib.InputError(f'{input_spec}: {len(paths)} files; --mode=predict writes their '
                               f'{PREDICTIONS_FILE} into --workdir, so give one')
-  names, origin = class_names(config, workdir)
-  config = classes_lib.with_num_classes(config, names, origin)
-  _check_same_preparation(config, workdir)
-  try:
-    parallel = steps_lib.DataParallel(config.parallel, config.eval.batch_size)
-  except ValueError as e:
-    raise eval_lib.InputError(f'eval.batch_size: {e}') from None
-  points = load_inputs(paths, config, config.progress_bar)
-
-  task = tasks.get_task(config)
-  net, variables, labels = weights.build(config, task)
-  variables, checkpoint = weights.for_eval(config, workdir, variables)
-  log.info('Predicting %d file(s) with %s; classes from %s', len(paths), checkpoint, origin)
-  state = steps_lib.create_state(variables, labels, optax.identity(), jax.random.PRNGKey(0))
-  evaluate = parallel.wrap_eval(functools.partial(steps_lib.eval_step, task=task, net=net))
-  run = lambda state, batch: evaluate(state, batch)['logits']
-  state_dev = parallel.put_state(state)
-  source = data_lib.sources.ArraySource(points, np.zeros(len(points), np.int32))
-  batches = data_lib.EvalLoader(source, config.eval.batch_size, jax.process_index(),
-                                jax.process_count())
-  from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
-  batches = tqdm(batches, desc='predict', unit='batch', leave=False,
-                 disable=not config.progress_bar or jax.process_index() != 0)
-  logits, _ = eval_lib.collect(lambda b: run(state_dev, b), parallel.put_batch, parallel.gather,
-                               batches)
+  names, names_from = class_names(config, workdir)  # refused here (no names, other data) ...
+  config = classes_lib.with_num_classes(config, names, names_from)
+  serve.check_same_preparation(config, workdir)
+  points = load_inputs(paths, config, config.progress_bar)  # ... and every file, before the model
+  predictor = serve.open_run(config, workdir)
+  log.info('Predicting %d file(s) with %s; classes from %s', len(paths), predictor.origin,
+           predictor.names_from)
+  # One compiled batch of eval.batch_size (the last padded and masked), as evaluation runs.
+  logits = predictor.prepared_logits(points, int(config.eval.batch_size))
   probs = eval_lib.softmax(np.asarray(logits, np.float64))
-  result = Predictions(paths, list(names), probs, None, earlier)
+  result = Predictions(paths, list(predictor.class_names), probs, None, earlier)
   if csv_path is not None and jax.process_index() == 0:
     result.csv_path = write_csv(result, csv_path)
   return result

@@ -20,23 +20,18 @@ import os
 from typing import Any, Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from dapt_jax import figures
 from dapt_jax import predict_io
-from dapt_jax import segmentation_metrics as metrics_lib
-from dapt_jax import weights
+from dapt_jax import serve
 from dapt_jax.data import classes as classes_lib
 from dapt_jax.data import clouds
-from dapt_jax.data import preprocess
-from dapt_jax.data import synthetic_parts
 from dapt_jax.evaluate import InputError
 from dapt_jax.tasks import segmentation
 
 log = logging.getLogger('dapt_jax')
 
-PREDICT_CHUNK = 8192  # query points per forward pass when labelling a large cloud
 SUFFIX = '_parts'
 PLY_COMMENT = 'dapt-jax part segmentation'
 
@@ -69,13 +64,6 @@ def write_ply(path: str, xyz: np.ndarray, rgb: np.ndarray, part: np.ndarray) -> 
   os.replace(tmp, path)
 
 
-def category_names(config: Any) -> list:
-  """The category names of the config's dataset (without preparing it)."""
-  if str(config.data.name) == 'shapenet_part':
-    return list(metrics_lib.SHAPENET_PART_CATEGORIES)
-  return list(synthetic_parts.CATEGORY_NAMES[:int(config.model.num_classes)])
-
-
 def category_index(name: Optional[str], class_names: list) -> int:
   """The category `name` names (case-insensitive; a number is an index)."""
   if not name:
@@ -95,24 +83,7 @@ def _read(path: str, minimum: int) -> np.ndarray:
   cloud = clouds.read_cloud(path, seed=0)
   if cloud.shape[0] < minimum:
     raise InputError(f'{path}: {cloud.shape[0]} point(s), fewer than one patch of {minimum}')
-  return preprocess.normalize_unit_sphere(cloud[None].astype(np.float32))[0]
-
-
-def _label_cloud(label: Any, variables: dict, cloud: np.ndarray, path: str, num_points: int,
-                 category: int) -> np.ndarray:
-  """Part ids [R] of every point of `cloud` [R, 3]: the tokenizer sees `num_points` of them
-  (seeded by the path), every point is a query, PREDICT_CHUNK at a time (the last chunk padded
-  so one compiled shape serves all)."""
-  rng = np.random.default_rng(clouds.stable_seed(os.path.abspath(path)))
-  sample = cloud[rng.choice(cloud.shape[0], num_points, replace=True)][None]
-  parts = []
-  for start in range(0, cloud.shape[0], PREDICT_CHUNK):
-    q = cloud[start:start + PREDICT_CHUNK]
-    pad = PREDICT_CHUNK - q.shape[0] if cloud.shape[0] > PREDICT_CHUNK else 0
-    q = np.concatenate([q, np.repeat(q[:1], pad, 0)]) if pad else q
-    got = np.asarray(label(variables, sample, q[None], jnp.array([category], jnp.int32)))[0]
-    parts.append(got[:got.shape[0] - pad])
-  return np.concatenate(parts).astype(np.int32)
+  return serve.unit_sphere(cloud)
 
 
 def predict_parts(config: Any, workdir: Optional[str], input_spec: str,
@@ -123,26 +94,22 @@ def predict_parts(config: Any, workdir: Optional[str], input_spec: str,
     raise InputError('--mode=predict for part segmentation needs --workdir (the run to load, '
                      'and where the labelled clouds are written)')
   predict_io.check_workdir(workdir)
-  task = segmentation.SegmentationTask(config)
+  segmentation.SegmentationTask(config)  # checks the config before any file is read
   names = (classes_lib.read(workdir) or classes_lib.read(config.init_from)
-           or category_names(config))
+           or serve.category_names(config))
   c = category_index(category, names)
   paths = predict_io.find_inputs(input_spec)
   stems = [os.path.join(workdir, n)
            for n in predict_io.output_names(paths, predict_io.input_root(input_spec), SUFFIX)]
   minimum = int(config.model.group_size)
   raw = predict_io.read_all(paths, lambda p: _read(p, minimum))  # before the model is built
-  net, variables, origin = weights.load_for_eval(config, workdir, task)
-  log.info('Labelling %d cloud(s) as %s with %s', len(paths), names[c], origin)
-
-  @jax.jit
-  def label(variables, points, query, category):
-    logits = net.apply(variables, points, category, train=False, query=query)
-    return metrics_lib.restricted_argmax(logits, category, task.mask)
+  predictor = serve.open_run(config, workdir)
+  log.info('Labelling %d cloud(s) as %s with %s', len(paths), names[c], predictor.origin)
 
   out = []
   for path, cloud, stem in zip(paths, raw, stems):
-    part = _label_cloud(label, variables, cloud, path, int(config.data.num_points), c)
+    # The tokenizer's sample is seeded by the file's path: the same file, the same labels.
+    part = predictor.label_cloud(cloud, c, clouds.stable_seed(os.path.abspath(path)))
     npy_path, ply_path = None, None
     replaced = bool(predict_io.replaced([stem + '.npy', stem + '.ply']))
     if jax.process_index() == 0:
@@ -150,7 +117,7 @@ def predict_parts(config: Any, workdir: Optional[str], input_spec: str,
       with open(npy_path + '.tmp', 'wb') as f:
         np.save(f, part)
       os.replace(npy_path + '.tmp', npy_path)
-      write_ply(ply_path, cloud, figures.colours(part, task.category_parts), part)
+      write_ply(ply_path, cloud, figures.colours(part, predictor.task.category_parts), part)
     ids, counts = np.unique(part, return_counts=True)
     out.append(PartPrediction(path, names[c], part, npy_path, ply_path,
                               {int(i): int(k) for i, k in zip(ids, counts)}, replaced))

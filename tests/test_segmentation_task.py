@@ -12,12 +12,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import dapt_jax
 from dapt_jax import data as data_lib
 from dapt_jax import evaluate
 from dapt_jax import figures
 from dapt_jax import predict_parts
 from dapt_jax import segmentation_metrics as M
+from dapt_jax import serve
 from dapt_jax import train
+from dapt_jax.data import clouds as clouds_lib
 from dapt_jax.data import synthetic_parts
 from dapt_jax.tasks import segmentation as seg
 
@@ -145,6 +148,15 @@ def test_figure_and_predict_in_process(run, tmp_path):
   with open(r.ply_path, 'rb') as f:
     head = f.read(400).split(b'end_header\n')[0].decode()
   assert 'element vertex 300' in head and 'property uchar red' in head
+  # The Python API (dapt_jax.serve) on the same run: --mode=predict is built on it.
+  predictor = dapt_jax.load(workdir)
+  seed = clouds_lib.stable_seed(os.path.abspath(tmp_path / 'thing.npy'))
+  np.testing.assert_array_equal(predictor.label_cloud(serve.unit_sphere(cloud), 1, seed), r.part)
+  parts = predictor.segment(cloud, 'Chair')  # the sample drawn with seed 0, not the path's
+  assert parts.shape == (300,) and parts.dtype == np.int32 and set(parts.tolist()) <= {2, 3, 4}
+  assert predictor.segment(np.stack([cloud, cloud]), 1).shape == (2, 300)
+  with pytest.raises(serve.ServeError, match=r"category='sofa': not a category of this model"):
+    predictor.segment(cloud, 'sofa')
 
 
 def test_predict_a_folder_names_outputs_by_relative_path_and_every_bad_file(run, tmp_path):
