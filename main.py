@@ -69,10 +69,13 @@ def main(argv):
                       force=True)
   logging.getLogger('absl').setLevel(logging.WARNING)
   logging.getLogger('jax._src.xla_bridge').setLevel(logging.WARNING)  # 'Unable to load libtpu'
-  import jax  # pylint: disable=g-import-not-at-top
+  resume_dir = FLAGS.workdir if FLAGS.mode == 'train' else None
   if _multi_host():
     from dapt_jax import multihost  # pylint: disable=g-import-not-at-top
-    multihost.initialize(resume_dir=FLAGS.workdir if FLAGS.mode == 'train' else None)
+    multihost.supervise(resume_dir)  # a lost process 0 aborts JAX's client: watch from outside
+  import jax  # pylint: disable=g-import-not-at-top
+  if _multi_host():
+    multihost.initialize(resume_dir)
 
   from dapt_jax import compile_cache  # pylint: disable=g-import-not-at-top
   from dapt_jax import validate  # pylint: disable=g-import-not-at-top

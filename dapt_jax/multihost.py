@@ -18,12 +18,27 @@ preemption status (3), so a scheduler requeues the job. JAX's own heartbeat time
 above `timeout_s`, so the watchdog speaks first. A collective that fails in the main thread
 meanwhile is held back quietly by `hold_if_peer_lost` until the watchdog decides.
 
-Not covered: when process 0 itself dies, JAX's client in every other process ends the process
-(SIGABRT) as soon as the connection to the coordination service breaks, before Python can act.
+When process 0 itself dies, the coordination service dies with it, and JAX's client in every
+other process ends that process at once (a C++ fatal error: SIGABRT and ~100 lines of stack),
+before Python can act. The client's only hook for this (`missed_heartbeat_callback`) cannot
+call Python in this jaxlib (its absl::Status argument has no Python form: std::bad_cast, then
+the same abort), and no `jax.distributed.initialize` argument or JAX config flag
+(`jax_enable_recoverability` included) changes it. So `supervise` runs a multi-process command
+again as a child process and only watches it: the child's output passes through (its stderr
+without the abort's lines), and a child that the lost service aborts becomes the same one line,
+
+    error: lost process 0 of 2 (the coordination service ...); re-run the same command on ...
+
+and status 3.
 """
 from __future__ import annotations
 
 import os
+import re
+import select
+import signal
+import subprocess
+import sys
 import threading
 import time
 from typing import Optional
@@ -34,6 +49,14 @@ TIMEOUT_ENV = 'DAPT_JAX_PEER_TIMEOUT_S'  # seconds without a peer's beat before 
 TIMEOUT_S = 60  # a beat needs the GIL: room for a long call that holds it, well under 2 min
 BEAT_S = 1.0
 _KEY = 'dapt_jax/beat/'
+
+SUPERVISED_ENV = 'DAPT_JAX_SUPERVISED'  # set in the child: the fd that reports its process index
+HOLD_S = 3.0  # C++ log lines are held this long: an abort's first lines precede its fatal line
+# A line of absl's C++ log ("E1207 05:41:01.961468    3219 file.cc:289] ..."), or its start.
+_CPP_LOG = re.compile(rb'[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ [^ \]]+:\d+\] ')
+_MAYBE_CPP_LOG = re.compile(rb'[IWEF](\d|$)')
+# The fatal line JAX's client prints before it aborts the process over a coordination error.
+_COORDINATION_FATAL = re.compile(rb'F\d{4} .*(distributed service|coordination service)')
 
 _state = {'resume_dir': None, 'process': 0, 'processes': 1, 'timeout_s': TIMEOUT_S}
 _ending = threading.Lock()  # held by whichever path ends the process first
@@ -46,6 +69,86 @@ def timeout_s() -> int:
   if not value.isdigit() or int(value) < 3:
     errors.fail(f'{TIMEOUT_ENV}={value!r}: expected a whole number of seconds >= 3')
   return int(value)
+
+
+def supervise(resume_dir: Optional[str] = None) -> None:
+  """Runs this command again as a child process, waits for it and ends with its status.
+
+  Returns at once in the child. The child's stdout is this process's; its stderr passes through
+  line by line, except that C++ log lines are held for HOLD_S (with whatever follows them) and
+  dropped with everything after them when JAX's client prints its fatal coordination error:
+  that child then ends by SIGABRT, and this process prints the one lost-peer line (process 0
+  when the child is another process: the coordination service is gone) and ends with status 3.
+  SIGTERM is passed on to the child (a preemption; the child exits 3 after saving). SIGINT is
+  not: a terminal sends it to the whole process group, the child included.
+
+  `resume_dir`: as for `initialize`.
+  """
+  if os.environ.get(SUPERVISED_ENV):
+    _state['report_fd'] = int(os.environ.pop(SUPERVISED_ENV))  # not for the child's children
+    return
+  read_fd, write_fd = os.pipe()
+  child = subprocess.Popen([sys.executable, *sys.orig_argv[1:]], stderr=subprocess.PIPE,
+                           env=dict(os.environ, **{SUPERVISED_ENV: str(write_fd)}),
+                           pass_fds=(write_fd,))
+  os.close(write_fd)
+  signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signum))
+  signal.signal(signal.SIGINT, lambda signum, frame: None)
+  fatal = []  # JAX's fatal coordination line, once seen
+  pipe = threading.Thread(target=_pass_stderr, args=(child.stderr.fileno(), fatal), daemon=True)
+  pipe.start()
+  code = child.wait()
+  pipe.join()
+  if code >= 0 or not fatal:
+    errors.exit_now(code if code >= 0 else 128 - code)  # as a shell reports a signal
+  with os.fdopen(read_fd) as report:  # 'process processes', once initialised
+    known = report.read().split()
+  process, processes = (int(known[0]), int(known[1])) if len(known) == 2 else (
+      int(os.environ.get('JAX_PROCESS_ID', '-1')), None)
+  if process != 0:  # the service, hosted by process 0, is gone
+    lost, why = [0], 'it ran the coordination service: killed, crashed or cut off'
+  else:  # process 0's own service declared a peer lost before the watchdog did
+    lost, why = [], 'reported by the coordination service'
+  line = lost_peer_message(lost, processes, resume_step(resume_dir), why)
+  errors.end_quietly(f'error: {line}', errors.EXIT_PREEMPTED)
+
+
+def _pass_stderr(fd: int, fatal: list) -> None:
+  """Copies the child's stderr (`fd`) to ours, without the lines of a coordination abort.
+
+  The abort's first lines (warnings and errors of failed RPCs) come just before its fatal
+  line, so a C++ log line is held, with all that follows it, until HOLD_S pass without another.
+  """
+  buffer, held, hold_until, mid_line = b'', [], 0.0, False
+
+  def emit(data: bytes) -> None:
+    if not fatal and data:
+      os.write(2, data)
+
+  while True:
+    if select.select([fd], [], [], HOLD_S / 4)[0]:
+      chunk = os.read(fd, 1 << 16)
+      if not chunk:
+        break
+      *lines, buffer = (buffer + chunk).split(b'\n')
+      for line in lines:
+        line, starts, mid_line = line + b'\n', not mid_line, False
+        if starts and _COORDINATION_FATAL.match(line):
+          fatal.append(line)  # the child is aborting: drop what is held and all that follows
+        elif starts and _CPP_LOG.match(line):
+          held.append(line)
+          hold_until = time.monotonic() + HOLD_S
+        elif held:
+          held.append(line)
+        else:
+          emit(line)
+      if buffer and not held and (mid_line or not _MAYBE_CPP_LOG.match(buffer)):
+        emit(buffer)  # a progress bar's update (no newline yet) is shown at once
+        buffer, mid_line = b'', True
+    if held and time.monotonic() > hold_until:
+      emit(b''.join(held))
+      held.clear()
+  emit(b''.join(held) + buffer)  # an end that is no coordination abort keeps its last lines
 
 
 def initialize(resume_dir: Optional[str] = None) -> None:
@@ -66,6 +169,9 @@ def initialize(resume_dir: Optional[str] = None) -> None:
   jax.distributed.initialize(**kwargs)
   _state.update(resume_dir=resume_dir, process=jax.process_index(),
                 processes=jax.process_count(), timeout_s=timeout)
+  if _state.get('report_fd') is not None:  # tell `supervise` who this process is
+    os.write(_state['report_fd'], f'{jax.process_index()} {jax.process_count()}\n'.encode())
+    os.close(_state.pop('report_fd'))
   from jax._src import distributed  # pylint: disable=g-import-not-at-top
   client = distributed.global_state.client  # the coordination service's key-value store
   threading.Thread(target=_watch, args=(client,), name='dapt_jax-peers', daemon=True).start()
@@ -125,12 +231,14 @@ def resume_step(workdir: Optional[str]) -> Optional[int]:
   return max(steps, default=0)  # a save in progress is still a temporary folder
 
 
-def lost_peer_message(lost: list[int], processes: int, step: Optional[int]) -> str:
+def lost_peer_message(lost: list[int], processes: Optional[int], step: Optional[int],
+                      why: Optional[str] = None) -> str:
+  """'lost process 1 of 2 (why); re-run ... to resume from step N' (`processes` None: unknown)."""
   who = (f"process{'es' if len(lost) > 1 else ''} {', '.join(map(str, lost))}" if lost
          else 'a peer process')
+  why = why or f'no sign of life for {_state["timeout_s"]} s: killed, crashed or cut off'
   rerun = 're-run the same command on every host'
-  return (f'lost {who} of {processes} (no sign of life for {_state["timeout_s"]} s: killed, '
-          f'crashed or cut off); '
+  return (f'lost {who}{f" of {processes}" if processes else ""} ({why}); '
           + (f'{rerun} to resume from step {step}' if step is not None else rerun))
 
 
