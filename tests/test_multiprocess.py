@@ -268,7 +268,10 @@ def test_two_processes_train_evaluate_save_and_resume_like_one(base, reference, 
   assert meta['loader'] == ref_meta['loader'] and meta['loader']['epoch'] == EPOCHS
   _assert_matches_reference(flat, ref_flat)
 
-  # --- Stopped by both processes after step 6 (mid-epoch), then the same command again.
+  # --- Stopped by both processes after step 6 (mid-epoch), then the same command again. The
+  # loader's and the checkpoints' resume do not depend on the parallel mode: checked once.
+  if parallel == 'pmap':
+    return
   resumed = f'{parallel}_resumed'
   _, first_index, _ = _launch(base, f'{parallel}_stopped', parallel, 2,
                                   ['--config.max_steps=6'], workdir_name=resumed)
@@ -303,7 +306,8 @@ def test_a_killed_process_ends_the_other_with_status_3_and_the_rerun_resumes(
   (step 4) is complete and epoch 1 runs; the survivor ends, within the bound, with status 3 and
   one `error:` line naming the killed process and step 4, and nothing else after its log lines
   (no traceback, no C++ error or stack lines); the same command on both then resumes from
-  step 4 and ends with the one-process run's parameters."""
+  step 4 and ends with the one-process run's parameters (checked after the loss of process 1;
+  the loss of process 0 leaves the same checkpoints)."""
   ref_dir, _ = reference
   name = f'killed{victim}'
   survivor_id = 1 - victim
@@ -338,6 +342,8 @@ def test_a_killed_process_ends_the_other_with_status_3_and_the_rerun_resumes(
   assert not re.search(r'^\s*@\s+0x', survivor, re.M), survivor[-3000:]  # no C++ stack frames
   assert 'final:' not in survivor and _steps(workdir, 'last') == [STEPS_PER_EPOCH]
 
+  if victim == 0:
+    return  # what is left on disk is the same either way: the resume is checked once, below
   # The same command on both hosts: resumes from step 4 and ends like the one-process run.
   _, _, texts = _launch(base, f'{name}_rerun', 'shard_map', 2, workdir_name=name)
   assert all('Resumed from step 4 ' in t for t in texts)
