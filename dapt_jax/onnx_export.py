@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import logging
 from typing import Any, Iterator
 
 import jax
@@ -107,8 +108,19 @@ def convert(function: Any, input_points: int) -> bytes:
   def traced(points):
     with _jax_fori_loop():
       return function(points)
-  model = to_onnx(traced, [('B', input_points, 3)], model_name='dapt_jax_classifier',
-                  opset=OPSET, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME])
+  # Harmless warnings, dozens of lines: onnx_ir's, once per shape constant it leaves untyped;
+  # jax2onnx's, a traceback for each of its example plugins whose library (equinox, dm-pix: left
+  # out by requirements-onnx.txt) is not installed.
+  quiet = [logging.getLogger(name) for name in ('onnx_ir', 'jax2onnx')]
+  levels = [q.level for q in quiet]
+  for q in quiet:
+    q.setLevel(logging.ERROR)
+  try:
+    model = to_onnx(traced, [('B', input_points, 3)], model_name='dapt_jax_classifier',
+                    opset=OPSET, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME])
+  finally:
+    for q, level in zip(quiet, levels):
+      q.setLevel(level)
   return model.SerializeToString()
 
 
