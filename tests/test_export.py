@@ -1,6 +1,7 @@
 """python -m dapt_jax.export: one export of a tiny trained run, run by its own README's code in a
 process that cannot import the project, gives the predictor's logits at batch sizes 1 and 7;
-model.json says what the input is; a non-empty OUT_DIR and bad arguments are one line."""
+model.json says what the input is; a non-empty OUT_DIR and bad arguments are one line. The same
+for --format=onnx through onnxruntime (skipped where requirements-onnx.txt is not installed)."""
 import importlib.util
 import json
 import os
