@@ -1,5 +1,5 @@
 r"""python -m dapt_jax.export WORKDIR OUT_DIR [--config=FILE.py:VARIANT] [--platforms=cpu,cuda,tpu]
-[--force]
+[--format=stablehlo|onnx] [--force]
 
 A fine-tuned classifier as a file that runs without this project: only `jax` and `numpy`.
 
@@ -16,11 +16,15 @@ Writes into OUT_DIR:
                    platforms, the project's commit and the run's config.
   README.md        the ten lines that load and run it with jax and numpy.
 
+--format=onnx writes model.onnx instead of model.stablehlo: the same function converted by
+jax2onnx (optional: pip install --no-deps -r requirements-onnx.txt), checked with onnxruntime
+against JAX's logits before it is written; its README runs it with onnxruntime and numpy.
+
 WORKDIR is a training workdir (its config, classes and best checkpoint, else its last) or, with
 --config, a converted checkpoint: what `dapt_jax.load` reads. `dapt_jax.load(WORKDIR).prepare`
 (or --mode=predict's preparation) turns raw clouds into the input; a prepared cloud gives the
 predictor's logits. --platforms lowers for accelerators as well (default: cpu); a program
-exported for several runs on any of them. An existing non-empty OUT_DIR is refused unless
+exported for several runs on any of them (StableHLO only). An existing non-empty OUT_DIR is refused unless
 --force, and the three files appear only once all three are written.
 """
 from __future__ import annotations
@@ -41,6 +45,7 @@ MODEL_FILE = 'model.stablehlo'
 META_FILE = 'model.json'
 README_FILE = 'README.md'
 PLATFORMS = ('cpu', 'cuda', 'rocm', 'tpu')  # what jax.export lowers for
+FORMATS = ('stablehlo', 'onnx')
 
 # OUT_DIR/README.md; the code block is what a user copies (and a test runs as written).
 README = '''# A dapt-jax classifier, exported
@@ -135,11 +140,12 @@ def export(predictor: Any, platforms: Sequence[str] = ('cpu',)) -> Any:
                            platforms=tuple(platforms))(spec)
 
 
-def metadata(predictor: Any, platforms: Sequence[str]) -> dict:
+def metadata(predictor: Any, format_text: str) -> dict:
+  """model.json's fields common to both formats."""
   import jax  # pylint: disable=g-import-not-at-top
   s = predictor.settings
   return {
-      'format': 'jax.export (StableHLO), serialised with jax.export.Exported.serialize',
+      'format': format_text,
       'input': {'shape': ['B', s.points, 3], 'dtype': 'float32'},
       'output': {'shape': ['B', len(predictor.class_names)], 'dtype': 'float32',
                  'meaning': 'logits'},
@@ -148,7 +154,6 @@ def metadata(predictor: Any, platforms: Sequence[str]) -> dict:
       'up_axis': 'y',
       'preparation': preparation_text(predictor),
       'class_names': list(predictor.class_names),
-      'platforms': list(platforms),
       'weights': predictor.origin,
       'commit': commit(),
       'jax_version': jax.__version__,
@@ -165,31 +170,63 @@ def preparation_text(predictor: Any) -> str:
           f'drawn with replacement), then {norm}')
 
 
-def write(out_dir: str, predictor: Any, exported: Any, platforms: Sequence[str]) -> list:
-  """The three files into `out_dir`, each written beside and renamed into place."""
-  meta = metadata(predictor, platforms)
-  readme = README.format(input_points=predictor.input_points,
-                         num_classes=len(predictor.class_names), platforms=', '.join(platforms),
-                         preparation=meta['preparation'])
+def write(out_dir: str, files: dict) -> list:
+  """`files` ({name: bytes or str}) into `out_dir`, each written beside and renamed into place
+  once all are written; a folder this made is removed again if that fails."""
   created = not os.path.isdir(out_dir)
   os.makedirs(out_dir, exist_ok=True)
   staging = tempfile.mkdtemp(prefix='.export-', dir=out_dir)
   written = []
   try:
-    with open(os.path.join(staging, MODEL_FILE), 'wb') as f:
-      f.write(exported.serialize())
-    with open(os.path.join(staging, META_FILE), 'w') as f:
-      json.dump(meta, f, indent=2)
-    with open(os.path.join(staging, README_FILE), 'w') as f:
-      f.write(readme)
-    for name in (MODEL_FILE, META_FILE, README_FILE):
+    for name, content in files.items():
+      mode = 'w' if isinstance(content, str) else 'wb'
+      with open(os.path.join(staging, name), mode) as f:
+        f.write(content)
+    for name in files:
       os.replace(os.path.join(staging, name), os.path.join(out_dir, name))
       written.append(os.path.join(out_dir, name))
   finally:
     shutil.rmtree(staging, ignore_errors=True)
-    if created and len(written) < 3:  # a failed write leaves no folder it made
+    if created and len(written) < len(files):  # a failed write leaves no folder it made
       shutil.rmtree(out_dir, ignore_errors=True)
   return written
+
+
+def stablehlo_files(predictor: Any, platforms: Sequence[str], platforms_arg: str) -> dict:
+  """{file name: content} of the StableHLO export."""
+  try:
+    exported = export(predictor, platforms)
+  except Exception as e:  # pylint: disable=broad-except
+    # A platform whose lowering is not available here is the user's choice to drop, not a bug.
+    if len(platforms) > 1 or tuple(platforms) != ('cpu',):
+      raise ExportError(f'--platforms={platforms_arg}: lowering failed '
+                        f'({type(e).__name__}: {errors.one_line(e)})') from None
+    raise
+  meta = metadata(predictor, 'jax.export (StableHLO), serialised with '
+                             'jax.export.Exported.serialize')
+  meta['platforms'] = list(platforms)
+  readme = README.format(input_points=predictor.input_points,
+                         num_classes=len(predictor.class_names), platforms=', '.join(platforms),
+                         preparation=meta['preparation'])
+  return {MODEL_FILE: exported.serialize(), META_FILE: json.dumps(meta, indent=2),
+          README_FILE: readme}
+
+
+def onnx_files(predictor: Any) -> dict:
+  """{file name: content} of the ONNX export, checked with onnxruntime first."""
+  from dapt_jax import onnx_export  # pylint: disable=g-import-not-at-top
+  model = onnx_export.convert(artifact_function(predictor), predictor.input_points)
+  checked = onnx_export.check(model, predictor)
+  meta = metadata(predictor, f'ONNX opset {onnx_export.OPSET}, converted by jax2onnx')
+  meta.update(input_name=onnx_export.INPUT_NAME, output_name=onnx_export.OUTPUT_NAME,
+              opset=onnx_export.OPSET, converter=onnx_export.versions(),
+              onnxruntime_check=checked)
+  readme = onnx_export.README.format(
+      opset=onnx_export.OPSET, input_name=onnx_export.INPUT_NAME,
+      output_name=onnx_export.OUTPUT_NAME, input_points=predictor.input_points,
+      num_classes=len(predictor.class_names), preparation=meta['preparation'])
+  return {onnx_export.MODEL_FILE: model, META_FILE: json.dumps(meta, indent=2),
+          README_FILE: readme}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -202,24 +239,26 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                            "checkpoint); default: WORKDIR/config.json")
   parser.add_argument('--platforms', default='cpu',
                       help=f'a comma list of {", ".join(PLATFORMS)} (default: cpu)')
+  parser.add_argument('--format', default='stablehlo', choices=FORMATS,
+                      help='stablehlo (jax.export, default) or onnx (jax2onnx, optional)')
   parser.add_argument('--force', action='store_true', help='write into a non-empty OUT_DIR')
   args = parser.parse_args(argv)
   platforms = parse_platforms(args.platforms)
+  if args.format == 'onnx':
+    if platforms != ('cpu',):
+      raise ExportError(f'--platforms={args.platforms}: for --format=stablehlo only (an ONNX '
+                        'model runs wherever onnxruntime does)')
+    from dapt_jax import onnx_export  # pylint: disable=g-import-not-at-top
+    onnx_export.check_installed()
   check_out_dir(args.out_dir, args.force)
   from dapt_jax import serve  # pylint: disable=g-import-not-at-top  (JAX: after the checks)
   predictor = serve.load(args.workdir, args.config)
   if predictor.kind != 'classes':
     raise ExportError(f'{args.workdir}: a {predictor.config.get("task")} run; the export is for '
                       'classifiers')
-  try:
-    exported = export(predictor, platforms)
-  except Exception as e:  # pylint: disable=broad-except
-    # A platform whose lowering is not available here is the user's choice to drop, not a bug.
-    if len(platforms) > 1 or platforms != ('cpu',):
-      raise ExportError(f'--platforms={args.platforms}: lowering failed '
-                        f'({type(e).__name__}: {errors.one_line(e)})') from None
-    raise
-  for path in write(args.out_dir, predictor, exported, platforms):
+  files = (onnx_files(predictor) if args.format == 'onnx'
+           else stablehlo_files(predictor, platforms, args.platforms))
+  for path in write(args.out_dir, files):
     print(f'wrote {path}')
 
 

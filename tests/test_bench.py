@@ -184,3 +184,48 @@ def test_plan_adds_policy_cache_and_profile_runs(tmp_path):
   assert specs[1]['model'] == {'remat_policy': 'all'}
   assert specs[2]['compile_cache_dir'] == specs[3]['compile_cache_dir'] == str(cache)
   assert specs[0]['compile_cache_dir'] is None and specs[4]['profile_dir'].endswith('profile')
+
+
+TINY_PREDICT_CONFIG = '''
+from configs import synthetic
+
+
+def get_config(arg=None):
+  c = synthetic.get_config()
+  c.data.num_points = 64
+  c.model.update(trans_dim=32, encoder_dims=32, depth=1, num_heads=2, num_group=8, group_size=8)
+  return c
+'''
+
+
+def test_predict_mode_measures_every_serving_path(tmp_path, capsys):
+  """--predict on a tiny config: a record per path and batch size, and the Markdown table."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import json  # pylint: disable=g-import-not-at-top
+  import math  # pylint: disable=g-import-not-at-top
+  from dapt_jax import errors  # pylint: disable=g-import-not-at-top
+  from dapt_jax import onnx_export  # pylint: disable=g-import-not-at-top
+  from dapt_jax.bench import __main__ as bench_main  # pylint: disable=g-import-not-at-top
+  config = tmp_path / 'tiny.py'
+  config.write_text(TINY_PREDICT_CONFIG)
+  out = tmp_path / 'out'
+  argv = ['--predict', f'--config={config}', f'--out={out}', '--batches=1,3', '--warmup=0',
+          '--steps=1']
+  assert errors.run_cli(bench_main.main, argv, exit=False) in (0, None)
+  got = json.load(open(out / 'predict.json'))
+  paths = ['predictor.predict', 'StableHLO artifact']
+  if all(importlib.util.find_spec(p) for p in onnx_export.PACKAGES):
+    paths.append('ONNX (onnxruntime)')
+  assert [(r['path'], r['batch']) for r in got['records']] == [
+      (p, b) for b in (1, 3) for p in paths]
+  assert all(math.isfinite(r['clouds_per_s']) and r['clouds_per_s'] > 0
+             for r in got['records'])
+  assert 'depth 1, width 32, 8 groups of 8, 64 input points' in got['header']['model']
+  md = (out / 'predict.md').read_text()
+  assert '| path | batch 1 | batch 3 |' in md
+  assert all(f'| {p} | ' in md for p in paths)
+  capsys.readouterr()
+  assert errors.run_cli(bench_main.main, ['--config=x.py', f'--out={tmp_path}/o'],
+                        exit=False) == 2
+  assert capsys.readouterr().err.strip() == (
+      'error: --config=x.py: only with --predict')

@@ -5,6 +5,8 @@ DIR/bench.json (every record) and DIR/bench.md (the tables). See docs/benchmarks
 
   --quick       batch 8, 1 warm-up + 4 timed steps, a reduced scaling set: < 10 min on 2 CPU cores
   --loader      the input pipeline alone instead (python -m dapt_jax.bench.loader; loader.md)
+  --predict     serving throughput instead: predictor.predict, the exported StableHLO artifact
+                (and ONNX if installed) at batch 1, 8, 64 (dapt_jax/bench/predict.py; predict.md)
   (default)     batch 32 then doubling up to --max-batch while it fits, 3 warm-up + 20 timed steps
   --profile     also a jax.profiler trace of the DAPT step (DIR/profile) and its per-op time table
 """
@@ -89,6 +91,12 @@ def _parse(argv):
                  help='JSON object of model config overrides, e.g. \'{"depth": 2}\' (smoke runs)')
   p.add_argument('--loader', action='store_true',
                  help='measure the input pipeline alone (dapt_jax.bench.loader) instead')
+  p.add_argument('--predict', action='store_true',
+                 help='serving throughput of predictor.predict and the exported artifacts '
+                      '(dapt_jax.bench.predict) instead')
+  p.add_argument('--config', default=None,
+                 help='--predict: the model config, FILE.py[:VARIANT] (default: '
+                      'configs/scanobjectnn.py:hardest)')
   p.add_argument('--profile', action='store_true',
                  help='also write a jax.profiler trace of the DAPT step to OUT/profile and a '
                       'per-op time table (bench.md)')
@@ -122,6 +130,8 @@ def _parse(argv):
     if args.measure_up_to is not None and (args.measure_up_to < 1 or not args.memory_sweep):
       raise UsageError(f'--measure-up-to={args.measure_up_to}: '
                        + ('must be >= 1' if args.memory_sweep else 'only with --memory-sweep'))
+    if args.config is not None and not args.predict:
+      raise UsageError(f'--config={args.config}: only with --predict')
     if args.points < 32:
       raise UsageError(f'--points={args.points}: must be >= 32')
   return args
@@ -148,6 +158,16 @@ def main(argv=None) -> int | None:
                         [int(b) for b in args.batches.split(',')] if args.batches
                         else memory_sweep.BATCHES, json.loads(args.model) if args.model else {},
                         args.points, measure_up_to=args.measure_up_to)
+    return
+  if args.predict:
+    from dapt_jax.bench import predict  # pylint: disable=g-import-not-at-top
+    predict.main(args.out, args.config or predict.DEFAULT_CONFIG,
+                 json.loads(args.model) if args.model else None,
+                 [int(b) for b in args.batches.split(',')] if args.batches
+                 else list(predict.DEFAULT_BATCHES),
+                 predict.DEFAULT_WARMUP if args.warmup is None else args.warmup,
+                 predict.DEFAULT_STEPS if args.steps is None else args.steps,
+                 argv if argv is not None else sys.argv[1:])
     return
   if args.loader:
     from dapt_jax.bench import loader  # pylint: disable=g-import-not-at-top
