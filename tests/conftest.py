@@ -22,11 +22,14 @@ SHARED_DATA = ROOT.parent / 'shared' / 'data'
 # The modules with the longest tests (end-to-end runs, two processes, 8-device pmap: 30–140 s
 # each on 2 cores) go first, so that `pytest -n 2` does not end with one worker running a long
 # test while the other idles. Whole modules move (their module-scoped fixtures are set up once);
-# only the order changes, every test still runs.
+# only the order changes, every test still runs. scripts/test.sh keeps this order for xdist
+# (--dist loadscope --no-loadscope-reorder).
 _LONG_FIRST = (
-    'tests/test_train.py',
     'tests/test_multiprocess.py',
+    'tests/test_train.py',
     'tests/test_reliability.py',
+    'tests/test_serve.py',
+    'tests/test_export.py',
     'tests/test_segmentation_methods.py',
     'tests/test_demo_quickstart.py',
     'tests/test_old_workdir.py',
