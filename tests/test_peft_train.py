@@ -1,5 +1,5 @@
-"""Every PEFT method trains and evaluates end to end through the one training loop, on the
-synthetic set with a tiny model (one block; 2 epochs of 2 steps, an evaluation after the second):
+"""PEFT methods train and evaluate end to end through the one training loop (linear and lora in
+tests/test_peft_sweep.py), on the synthetic set with a tiny model (one block; 2 epochs of 2 steps, an evaluation after the second):
 the logged counts are the partition's, what its rules train moves, the backbone is frozen. Two of
 the runs then draw their t-SNE (--mode=tsne: in-process, and through main.py)."""
 import os
@@ -36,8 +36,9 @@ def saved(workdir, step):
           partition.flatten(dict(frozen)) if frozen else {})
 
 
-@pytest.mark.parametrize('method', ['full', 'linear', 'vpt_deep', 'idpt', 'pointgst', 'lora',
-                                    'adapter'])
+# linear and lora train end to end through the same loop in tests/test_peft_sweep.py, and every
+# method's step moves exactly its trainable set in tests/test_segmentation_methods.py.
+@pytest.mark.parametrize('method', ['full', 'vpt_deep', 'idpt', 'pointgst', 'adapter'])
 def test_method_trains_and_evaluates(data_dir, tmp_path, method):
   from dapt_jax import train  # pylint: disable=g-import-not-at-top
   config = tiny_config(data_dir, **METHOD_SETTINGS, **{'model.peft': method})
