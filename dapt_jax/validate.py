@@ -35,7 +35,6 @@ from dapt_jax import errors
 
 MODES = ('train', 'eval', 'predict', 'summary', 'tsne')  # summary: parameter table, no data
 PARALLEL_MODES = ('pmap', 'shard_map')
-DTYPES = ('float32', 'bfloat16', 'float64')  # float64: checks against the reference (x64)
 
 
 class ConfigError(errors.UserError, ValueError):
