@@ -33,6 +33,7 @@ and status 3.
 """
 from __future__ import annotations
 
+import atexit
 import os
 import re
 import select
@@ -60,6 +61,9 @@ _COORDINATION_FATAL = re.compile(rb'F\d{4} .*(distributed service|coordination s
 
 _state = {'resume_dir': None, 'process': 0, 'processes': 1, 'timeout_s': TIMEOUT_S}
 _ending = threading.Lock()  # held by whichever path ends the process first
+_stop = threading.Event()  # set at exit: the watchdog's threads end before the interpreter does
+_threads: list[threading.Thread] = []
+STOP_WAIT_S = 10.0  # a beat is one key-value call to a live service: milliseconds
 
 
 def timeout_s() -> int:
@@ -174,7 +178,8 @@ def initialize(resume_dir: Optional[str] = None) -> None:
     os.close(_state.pop('report_fd'))
   from jax._src import distributed  # pylint: disable=g-import-not-at-top
   client = distributed.global_state.client  # the coordination service's key-value store
-  threading.Thread(target=_watch, args=(client,), name='dapt_jax-peers', daemon=True).start()
+  _start_thread(_watch, client, name='dapt_jax-peers')
+  atexit.register(stop_watchdog)  # runs before JAX's own exit hooks (registered earlier)
   # Open the cross-process communicators now, while the processes are in step: CPU hosts'
   # collectives (gloo) fail when processes first reach one more than 30 s apart, as happens when
   # one compiles slower. One device per process (checkpoint barriers), then every device (steps).
@@ -182,6 +187,26 @@ def initialize(resume_dir: Optional[str] = None) -> None:
   multihost_utils.sync_global_devices('dapt_jax: processes up')
   jax.pmap(lambda x: jax.lax.psum(x, 'all'), axis_name='all')(
       jax.numpy.ones(jax.local_device_count())).block_until_ready()
+
+
+def _start_thread(target, *args, name: str) -> None:
+  thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+  _threads.append(thread)
+  thread.start()
+
+
+def stop_watchdog() -> None:
+  """Ends the watchdog's threads and waits for them (at exit, before JAX shuts down).
+
+  They must not be left to the interpreter's end: Python ends a daemon thread that is inside a
+  C++ call (a key-value request) by unwinding its stack when the call returns, which the C++
+  frames do not allow, and the process then aborts (status 134) after a run that succeeded.
+  """
+  _stop.set()
+  deadline = time.monotonic() + STOP_WAIT_S
+  for thread in _threads:
+    if thread is not threading.current_thread():
+      thread.join(timeout=max(0.0, deadline - time.monotonic()))
 
 
 def _watch(client) -> None:
@@ -192,7 +217,7 @@ def _watch(client) -> None:
 
   def beat():
     count = 0
-    while True:
+    while not _stop.is_set():
       count += 1
       client.key_value_set(f'{_KEY}{me}', str(count), allow_overwrite=True)
       for p, (value, since) in list(seen.items()):
@@ -203,7 +228,7 @@ def _watch(client) -> None:
         if new != value:
           seen[p] = (new, time.monotonic())
       answered[0] = time.monotonic()
-      time.sleep(BEAT_S)
+      _stop.wait(BEAT_S)
 
   def beat_until_it_fails():
     try:
@@ -211,9 +236,8 @@ def _watch(client) -> None:
     except Exception:  # pylint: disable=broad-except
       pass  # the service is unreachable: `answered` stops moving
 
-  threading.Thread(target=beat_until_it_fails, name='dapt_jax-beat', daemon=True).start()
-  while True:
-    time.sleep(BEAT_S / 2)
+  _start_thread(beat_until_it_fails, name='dapt_jax-beat')
+  while not _stop.wait(BEAT_S / 2):
     now = time.monotonic()
     lost = sorted(p for p, (_, since) in seen.items() if now - since > timeout)
     if now - answered[0] > timeout:  # the service, hosted by process 0, no longer answers

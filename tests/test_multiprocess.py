@@ -445,3 +445,39 @@ def test_rerunning_a_finished_run_changes_nothing(base, reference, processes, ex
   _, _, texts = _launch(base, name, 'shard_map', processes, extra)
   assert all(said in t for t in texts[:1])
   assert _snapshot(workdir) == before
+
+
+def test_the_watchdog_threads_end_before_the_interpreter_does(monkeypatch):
+  """At exit (an atexit hook, before JAX's own) the watchdog's threads are stopped and joined:
+  a daemon thread left inside a key-value call when the interpreter ends is unwound through C++
+  frames, and the process aborts with status 134 after a run that succeeded. Here a stand-in
+  client whose calls take 50 ms; the threads must have ended when `stop_watchdog` returns."""
+  calls = []
+
+  class SlowClient:
+    def key_value_set(self, key, value, allow_overwrite):
+      calls.append((key, value, allow_overwrite))
+      time.sleep(0.05)
+
+    def key_value_try_get(self, key):
+      time.sleep(0.05)
+      return '1'
+
+  monkeypatch.setattr(multihost, '_stop', threading.Event())
+  monkeypatch.setattr(multihost, '_threads', [])
+  monkeypatch.setattr(multihost, 'BEAT_S', 0.1)
+  monkeypatch.setitem(multihost._state, 'processes', 2)  # pylint: disable=protected-access
+  multihost._start_thread(multihost._watch, SlowClient(),  # pylint: disable=protected-access
+                          name='test-peers')
+  deadline = time.monotonic() + 10
+  while len(calls) < 3 and time.monotonic() < deadline:
+    time.sleep(0.01)
+  assert len(calls) >= 3 and calls[0] == ('dapt_jax/beat/0', '1', True)
+  threads = list(multihost._threads)  # pylint: disable=protected-access
+  assert [t.name for t in threads] == ['test-peers', 'dapt_jax-beat'] and all(
+      t.is_alive() for t in threads)
+  multihost.stop_watchdog()
+  assert not any(t.is_alive() for t in threads)
+  beats = len(calls)
+  time.sleep(0.3)
+  assert len(calls) == beats  # no beat after the stop
