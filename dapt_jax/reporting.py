@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from typing import Any, Mapping, Optional
 
 import jax
@@ -29,8 +30,7 @@ class MetricWriter:
       drop_rows_after(workdir, resume_step)
     if self.enabled:
       try:
-        from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-        self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+        self._tb = _summary_writer(os.path.join(workdir, 'tensorboard'))
       except ImportError:  # TensorBoard events are optional; the JSON lines are not.
         self._tb = None
 
@@ -51,6 +51,26 @@ class MetricWriter:
   def close(self) -> None:
     if self._tb is not None:
       self._tb.close()
+
+
+def _summary_writer(logdir: str):
+  """tensorboardX's SummaryWriter, imported without torch.
+
+  tensorboardX imports torch whenever it is installed (as it is beside this project for
+  `python -m convert`), which adds 1–2 s to the start of every run, for torch tensors that are
+  never passed to it here: only Python floats are written. While tensorboardX is imported,
+  `import torch` fails (tensorboardX is written to go on without torch); a torch that is
+  already imported is left alone.
+  """
+  block = 'torch' not in sys.modules
+  if block:
+    sys.modules['torch'] = None  # `import torch` raises ImportError
+  try:
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+  finally:
+    if block and 'torch' in sys.modules and sys.modules['torch'] is None:
+      del sys.modules['torch']
+  return SummaryWriter(logdir)
 
 
 def drop_rows_after(workdir: str, step: int) -> int:
