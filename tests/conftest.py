@@ -1,7 +1,9 @@
 """Test set-up: 8 forced CPU devices for the multi-device tests (set before JAX is imported),
 the repository root on sys.path, and the shared sample data location."""
+import fcntl
 import os
 import pathlib
+import shutil
 import sys
 
 import pytest
@@ -28,9 +30,9 @@ _LONG_FIRST = (
     'tests/test_multiprocess.py',
     'tests/test_train.py',
     'tests/test_reliability.py',
-    'tests/test_serve.py',
-    'tests/test_export.py',
+    'tests/test_serve.py',  # trains the run that test_export and test_predict then reuse
     'tests/test_segmentation_methods.py',
+    'tests/test_export.py',
     'tests/test_demo_quickstart.py',
     'tests/test_old_workdir.py',
     'tests/test_pretrain.py',
@@ -63,3 +65,29 @@ def _persistent_compilation_cache():
   code is the same either way (the key is the program, versions, devices and options)."""
   from dapt_jax import compile_cache  # pylint: disable=g-import-not-at-top  (after XLA_FLAGS)
   compile_cache.enable(compile_cache.DEFAULT_DIR)
+
+
+def made_once(tmp_path_factory, name, make):
+  """A folder that `make(folder)` fills once per test run, shared by the xdist workers.
+
+  For a costly, read-only product that several modules need (a tiny trained run): the first
+  worker to ask makes it under the run's common temporary folder while holding a lock; the
+  others wait for it and reuse it. A `make` that fails leaves nothing behind for the next
+  caller (it tries again). Callers copy what they will change.
+  """
+  base = tmp_path_factory.getbasetemp()
+  if os.environ.get('PYTEST_XDIST_WORKER'):
+    base = base.parent  # popen-gw<N>'s parent: the same folder for every worker of this run
+  folder = base / f'made_once_{name}'
+  with open(base / f'made_once_{name}.lock', 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not (folder / '.complete').exists():
+      shutil.rmtree(folder, ignore_errors=True)
+      folder.mkdir()
+      try:
+        make(folder)
+      except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+      (folder / '.complete').touch()
+  return folder

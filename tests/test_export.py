@@ -17,7 +17,7 @@ import dapt_jax
 from dapt_jax import errors
 from dapt_jax import export
 from dapt_jax import onnx_export
-from tests.test_predict import run  # noqa: F401,F811  (the tiny trained run, made once per module)
+from tests.test_predict import run  # noqa: F401,F811  (the tiny trained run, made once per test run)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -18,20 +18,29 @@ from dapt_jax import predict_io
 from dapt_jax import train
 from dapt_jax.data import folder_example as fx
 from tests import test_data_folder
+from tests.conftest import made_once
 
 NAMES = ['box', 'cone', 'cylinder']
 
 
-@pytest.fixture(scope='module')
-def run(tmp_path_factory):
-  """A tiny model trained for one epoch on a generated example folder: (folder, workdir, config)."""
-  tmp = tmp_path_factory.mktemp('predict')
+def _train_tiny_run(tmp):
   root = tmp / 'clouds'
   fx.make_example(str(root), 4, 4, seed=2)
-  config = test_data_folder.tiny_config(root, tmp)
-  workdir = str(tmp / 'run')
-  train.train_and_evaluate(config, workdir)
-  return root, workdir, config
+  train.train_and_evaluate(test_data_folder.tiny_config(root, tmp), str(tmp / 'run'))
+
+
+@pytest.fixture(scope='module')
+def run(tmp_path_factory):
+  """A tiny model trained for one epoch on a generated example folder: (folder, workdir, config).
+
+  Trained once per test run (this module, test_serve and test_export use it); the example
+  folder and its prepared data are shared read-only, the workdir is this module's own copy.
+  """
+  tmp = made_once(tmp_path_factory, 'predict_run', _train_tiny_run)
+  root = tmp / 'clouds'
+  workdir = str(tmp_path_factory.mktemp('predict') / 'run')
+  shutil.copytree(tmp / 'run', workdir)
+  return root, workdir, test_data_folder.tiny_config(root, tmp)
 
 
 def _rows(path):

@@ -19,7 +19,7 @@ from dapt_jax import pretrained
 from dapt_jax import serve
 from dapt_jax.data import clouds
 from dapt_jax.models import classifier
-from tests.test_predict import run  # noqa: F401,F811  (the tiny trained run, made once per module)
+from tests.test_predict import run  # noqa: F401,F811  (the tiny trained run, made once per test run)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAMES = ['box', 'cone', 'cylinder']
