@@ -56,6 +56,18 @@ def pytest_collection_modifyitems(items):
   items.sort(key=rank)  # stable: file order within each module and among the rest
 
 
+@pytest.fixture
+def x64():
+  """JAX in float64 for one test (the float64 parity checks); the flag is restored after."""
+  import jax  # pylint: disable=g-import-not-at-top  (after XLA_FLAGS)
+  previous = jax.config.jax_enable_x64
+  jax.config.update('jax_enable_x64', True)
+  try:
+    yield
+  finally:
+    jax.config.update('jax_enable_x64', previous)
+
+
 @pytest.fixture(scope='session', autouse=True)
 def _persistent_compilation_cache():
   """In-process tests use JAX's persistent compilation cache in the folder main.py uses by

@@ -78,14 +78,6 @@ def save_like_point_mae(ref, path):
               'optimizer_state_dict': opt.state_dict()}, path)
 
 
-@pytest.fixture
-def x64():
-  previous = jax.config.jax_enable_x64
-  jax.config.update('jax_enable_x64', True)
-  yield
-  jax.config.update('jax_enable_x64', previous)
-
-
 def _logits_parity(ref, variables, fields):
   """Float64 forward of the reference against the Flax model on the converted variables."""
   previous = jax.config.jax_enable_x64

@@ -10,7 +10,6 @@ and the logits visibly, which shows the check can fail.
 """
 import jax
 import numpy as np
-import pytest
 
 from configs import synthetic
 from dapt_jax import optim
@@ -19,14 +18,6 @@ from dapt_jax import steps as steps_lib
 from dapt_jax import tasks
 
 TOL = 1e-9
-
-
-@pytest.fixture
-def x64():
-  previous = jax.config.jax_enable_x64
-  jax.config.update('jax_enable_x64', True)
-  yield
-  jax.config.update('jax_enable_x64', previous)
 
 
 def pointgst_config():

@@ -13,7 +13,6 @@ import pytest
 
 from configs import modelnet_fewshot
 from dapt_jax import data as data_lib
-from dapt_jax.data import fewshot
 from dapt_jax.data import modelnet_files
 from dapt_jax.data import testing
 from tests.conftest import SHARED_DATA

@@ -160,16 +160,6 @@ from tests import torch_reference_mae as ref  # noqa: E402
 from tests.torch_reference import torch_group  # noqa: E402
 
 
-@pytest.fixture
-def x64():
-  previous = jax.config.jax_enable_x64
-  jax.config.update('jax_enable_x64', True)
-  try:
-    yield
-  finally:
-    jax.config.update('jax_enable_x64', previous)
-
-
 def make_reference(seed=0, **overrides):
   kw = dict(trans_dim=32, depth=2, num_heads=4, mlp_ratio=2.0, num_group=16, group_size=8,
             drop_path_rate=0.0, mask_ratio=0.6, decoder_depth=2, decoder_num_heads=2)

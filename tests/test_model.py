@@ -92,13 +92,6 @@ from tests import release_weights  # noqa: E402
 from tests import torch_reference  # noqa: E402
 
 
-@pytest.fixture
-def x64():
-  """JAX in float64 for one test; the flag is restored afterwards."""
-  with jax.enable_x64(True):
-    yield
-
-
 def make_reference(cfg, seed=0):
   """A reference model with every weight and BatchNorm statistic randomised (nothing zero)."""
   torch.manual_seed(seed)
@@ -273,7 +266,6 @@ def test_gradients_of_trainable_parameters_match_reference(x64):
   key_map = release_weights.flax_key_for_torch_param(TINY['depth'])
   torch_trainable = torch_reference.trainable_names(ref)
   assert sorted(key_map[n] for n in torch_trainable) == sorted(grads)
-  pairs = {}
   for name, p in ref.named_parameters():
     if name not in torch_trainable:
       continue

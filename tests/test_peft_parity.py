@@ -38,14 +38,6 @@ FLAX_TINY = dict(TINY, encoder_dims=32, rank=4, drop_path_rate=0.0, drop_adapter
                  pgst_rank=6, pgst_local=8)
 
 
-@pytest.fixture
-def x64():
-  previous = jax.config.jax_enable_x64
-  jax.config.update('jax_enable_x64', True)
-  yield
-  jax.config.update('jax_enable_x64', previous)
-
-
 def make_reference(method, seed):
   torch.manual_seed(seed)
   kw = dict(TINY, head_dropout=0.0)

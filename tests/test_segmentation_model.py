@@ -104,14 +104,6 @@ from tests import torch_reference_seg as RS  # noqa: E402
 RTOL = 1e-10
 
 
-@pytest.fixture
-def x64():
-  previous = jax.config.jax_enable_x64
-  jax.config.update('jax_enable_x64', True)
-  yield
-  jax.config.update('jax_enable_x64', previous)
-
-
 def make_reference(fields, seed):
   torch.manual_seed(seed)
   ref = RS.TorchPartSeg(

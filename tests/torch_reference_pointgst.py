@@ -22,7 +22,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tests import torch_reference as R
 from tests import torch_reference_idpt as M
 
 

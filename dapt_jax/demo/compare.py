@@ -36,7 +36,7 @@ import os
 import pathlib
 import sys
 import time
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 DEFAULT_BACKBONE = 'assets/pretrained/synthetic_small'

@@ -97,7 +97,6 @@ class TorchBatchNorm(nn.Module):
     ra_mean = self.variable('batch_stats', 'mean', lambda: jnp.zeros((features,), jnp.float32))
     ra_var = self.variable('batch_stats', 'var', lambda: jnp.ones((features,), jnp.float32))
 
-    compute = jnp.promote_types(x.dtype, jnp.float32)  # float32, or float64 under x64
     if self.use_running_average:
       mean, var = ra_mean.value, ra_var.value
     else:
