@@ -101,14 +101,15 @@ def main(argv):
         print(f"stopped after step {summary['steps']} ({summary['stopped']}); "
               + ('raise or drop --config.max_steps to go on' if summary['stopped'] == 'max_steps'
                  else 're-run the same command to resume'))
-      elif summary['final_metrics'] is not None:
-        print(f"final: {summary['final_description']}"
+      elif summary['trainable_parameters'] is None:  # nothing to do: the run had ended before
+        print(f"the run in {FLAGS.workdir} is already complete ({summary['steps']} steps)"
+              + (f'; {best_text}' if best_text else ''))
+      else:
+        final = summary['final_description'] or f"{summary['steps']} steps"
+        print(f'final: {final}'
               + (f'; {best_text}' if best_text else '')
               + f"; {summary['trainable_parameters']:,} of {summary['total_parameters']:,} "
               'parameters trained')
-      else:
-        print(f"the run in {FLAGS.workdir} is already complete ({summary['steps']} steps)"
-              + (f'; {best_text}' if best_text else ''))
       if summary['stopped'] == 'preempted':
         return errors.EXIT_PREEMPTED  # a scheduler requeues on this status
       from dapt_jax import figures  # pylint: disable=g-import-not-at-top

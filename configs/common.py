@@ -92,7 +92,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.parallel = 'pmap'             # data parallelism: 'pmap' or 'shard_map'
 
   c.eval = ml_collections.ConfigDict()
-  c.eval.every_epochs = 1         # evaluate after every this many epochs (never after epoch 0)
+  c.eval.every_epochs = 1         # evaluate after every this many epochs (not epoch 0) and the last
   c.eval.batch_size = 32          # global evaluation batch (last batch padded and masked)
   c.eval.votes = 1                # >1: voting with this many augmented views, logits averaged
   c.eval.split = 'test'           # split used by --mode=eval

@@ -365,7 +365,9 @@ def _loop(run: _Run, train_step: Callable, eval_step: Callable, eval_source: Any
         _save(run, epoch_done=False)
         return
       is_best = False
-      if epoch > 0 and (epoch % config.eval.every_epochs == 0 or epoch == last_epoch):
+      # The release evaluates every val_freq epochs but never epoch 0; the last epoch is always
+      # evaluated here, epoch 0 too when it is the last (num_epochs=0: one epoch of training).
+      if epoch == last_epoch or (epoch > 0 and epoch % config.eval.every_epochs == 0):
         is_best = _evaluate(run, eval_step, eval_source, eval_info, epoch)
       if epoch % config.checkpoint.every_epochs == 0 or epoch == last_epoch or is_best:
         _save(run, epoch_done=True, is_best=is_best)

@@ -199,6 +199,18 @@ def test_train_eval_outputs_and_exact_resume(tmp_path):
     assert [n for n, _ in top] == [n for n, _ in results[0]]
 
 
+def test_num_epochs_0_trains_one_epoch_and_evaluates_it(tmp_path):
+  """Epochs run 0..num_epochs, as in the release, which never evaluates epoch 0; the last epoch
+  is always evaluated here, so a num_epochs=0 run ends with its accuracy and a best checkpoint
+  (before, it ended with neither and main.py called it "already complete")."""
+  workdir = str(tmp_path / 'run')
+  summary = train.train_and_evaluate(tiny_config(tmp_path, num_epochs=0), workdir)
+  assert summary['stopped'] == 'finished' and summary['steps'] == 4
+  assert summary['final_accuracy'] is not None and summary['best_epoch'] == 0
+  assert [r['epoch'] for r in reporting.read_metrics(workdir) if r['split'] == 'eval'] == [0]
+  assert os.listdir(os.path.join(workdir, 'checkpoints', 'best')) == ['4']
+
+
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   workdir = str(tmp_path / 'nan')
   good = tiny_config(tmp_path, max_steps=4)
