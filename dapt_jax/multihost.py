@@ -24,8 +24,9 @@ before Python can act. The client's only hook for this (`missed_heartbeat_callba
 call Python in this jaxlib (its absl::Status argument has no Python form: std::bad_cast, then
 the same abort), and no `jax.distributed.initialize` argument or JAX config flag
 (`jax_enable_recoverability` included) changes it. So `supervise` runs a multi-process command
-again as a child process and only watches it: the child's output passes through (its stderr
-without the abort's lines), and a child that the lost service aborts becomes the same one line,
+again as a child process (killed with it) and only watches it: the child's output passes
+through (its stderr without the abort's lines), and a child that the lost service aborts
+becomes the same one line,
 
     error: lost process 0 of 2 (the coordination service ...); re-run the same command on ...
 
@@ -94,7 +95,7 @@ def supervise(resume_dir: Optional[str] = None) -> None:
   read_fd, write_fd = os.pipe()
   child = subprocess.Popen([sys.executable, *sys.orig_argv[1:]], stderr=subprocess.PIPE,
                            env=dict(os.environ, **{SUPERVISED_ENV: str(write_fd)}),
-                           pass_fds=(write_fd,))
+                           pass_fds=(write_fd,), preexec_fn=_dies_with_parent())
   os.close(write_fd)
   signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signum))
   signal.signal(signal.SIGINT, lambda signum, frame: None)
@@ -115,6 +116,24 @@ def supervise(resume_dir: Optional[str] = None) -> None:
     lost, why = [], 'reported by the coordination service'
   line = lost_peer_message(lost, processes, resume_step(resume_dir), why)
   errors.end_quietly(f'error: {line}', errors.EXIT_PREEMPTED)
+
+
+def _dies_with_parent():
+  """For Popen's preexec_fn: the child is killed (SIGKILL) when this process dies, as when a
+  scheduler kills only the process it started; left running, it would hold its devices and
+  train on alone until its peers' watchdogs end them. Linux only (prctl); None elsewhere."""
+  if not sys.platform.startswith('linux'):
+    return None
+  import ctypes  # pylint: disable=g-import-not-at-top
+  prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: the child only calls it
+  parent = os.getpid()
+
+  def preexec():
+    prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before that took effect
+      os._exit(1)  # pylint: disable=protected-access
+
+  return preexec
 
 
 def _pass_stderr(fd: int, fatal: list) -> None:

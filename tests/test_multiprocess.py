@@ -481,3 +481,41 @@ def test_the_watchdog_threads_end_before_the_interpreter_does(monkeypatch):
   beats = len(calls)
   time.sleep(0.3)
   assert len(calls) == beats  # no beat after the stop
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='prctl(PR_SET_PDEATHSIG): Linux')
+def test_the_supervised_child_dies_with_its_supervisor(tmp_path):
+  """A scheduler that kills only the process it started (SIGKILL, not the process group) takes
+  the supervised child with it, instead of leaving it to hold its devices and train on alone."""
+  script = tmp_path / 'supervised.py'
+  script.write_text('import os, sys, time\n'
+                    f'sys.path.insert(0, {ROOT!r})\n'
+                    'from dapt_jax import multihost\n'
+                    'multihost.supervise()\n'
+                    'print(os.getpid(), flush=True)\n'  # the child, from here on
+                    'time.sleep(120)\n')
+  parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                            start_new_session=True)
+  try:
+    child = int(parent.stdout.readline())
+    assert child != parent.pid and os.getpgid(child) == parent.pid  # the supervisor's child
+    os.kill(parent.pid, signal.SIGKILL)  # the parent only
+    parent.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+      try:
+        os.kill(child, 0)
+      except ProcessLookupError:
+        break  # gone (reaped by init)
+      with open(f'/proc/{child}/stat') as f:
+        if f.read().rsplit(')', 1)[1].split()[0] == 'Z':
+          break  # killed, not yet reaped
+      time.sleep(0.05)
+    else:
+      pytest.fail(f'the child {child} outlived its supervisor by 30 s')
+  finally:
+    try:
+      os.killpg(parent.pid, signal.SIGKILL)
+    except ProcessLookupError:
+      pass
+    parent.wait()
