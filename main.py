@@ -54,6 +54,14 @@ def _multi_host() -> bool:
               or env.get('TPU_WORKER_HOSTNAMES') or env.get('MEGASCALE_COORDINATOR_ADDRESS'))
 
 
+def _ended_normally() -> None:
+  """Multi-host: tells the other processes that this one ends normally, so that one still
+  finishing its own work does not take this one's silence for a lost process."""
+  if _multi_host():
+    from dapt_jax import multihost  # pylint: disable=g-import-not-at-top
+    multihost.mark_ended()
+
+
 def main(argv):
   if len(argv) > 1:
     _fail(f'unexpected argument {argv[1]!r} (flags are --name=value; see --helpshort)')
@@ -111,6 +119,7 @@ def main(argv):
               + f"; {summary['trainable_parameters']:,} of {summary['total_parameters']:,} "
               'parameters trained')
       if summary['stopped'] == 'preempted':
+        _ended_normally()
         return errors.EXIT_PREEMPTED  # a scheduler requeues on this status
       from dapt_jax import figures  # pylint: disable=g-import-not-at-top
       figure = figures.after_training(config, FLAGS.workdir, summary)  # the task's own, if any
@@ -132,6 +141,7 @@ def main(argv):
     else:  # predict: the task says what it makes of the input files
       from dapt_jax import predict  # pylint: disable=g-import-not-at-top
       print(predict.run(config, FLAGS.workdir, FLAGS.input, FLAGS.category))
+    _ended_normally()
   except Exception as e:  # pylint: disable=broad-except
     from dapt_jax import multihost  # pylint: disable=g-import-not-at-top
     multihost.hold_if_peer_lost(e)  # a peer process lost: one line and status 3, from here

@@ -51,6 +51,7 @@ TIMEOUT_ENV = 'DAPT_JAX_PEER_TIMEOUT_S'  # seconds without a peer's beat before 
 TIMEOUT_S = 60  # a beat needs the GIL: room for a long call that holds it, well under 2 min
 BEAT_S = 1.0
 _KEY = 'dapt_jax/beat/'
+_ENDED = 'ended'  # a process's last beat when it ends normally: its peers stop watching it
 
 SUPERVISED_ENV = 'DAPT_JAX_SUPERVISED'  # set in the child: the fd that reports its process index
 HOLD_S = 3.0  # C++ log lines are held this long: an abort's first lines precede its fatal line
@@ -197,6 +198,7 @@ def initialize(resume_dir: Optional[str] = None) -> None:
     os.close(_state.pop('report_fd'))
   from jax._src import distributed  # pylint: disable=g-import-not-at-top
   client = distributed.global_state.client  # the coordination service's key-value store
+  _state['client'] = client
   _start_thread(_watch, client, name='dapt_jax-peers')
   atexit.register(stop_watchdog)  # runs before JAX's own exit hooks (registered earlier)
   # Open the cross-process communicators now, while the processes are in step: CPU hosts'
@@ -226,6 +228,19 @@ def stop_watchdog() -> None:
   for thread in _threads:
     if thread is not threading.current_thread():
       thread.join(timeout=max(0.0, deadline - time.monotonic()))
+  if _state.get('ended') and _state.get('client') is not None:
+    try:  # after the beats: nothing overwrites it
+      _state['client'].key_value_set(f"{_KEY}{_state['process']}", _ENDED, allow_overwrite=True)
+    except Exception:  # pylint: disable=broad-except
+      pass  # the service is gone: every process is ending anyway
+
+
+def mark_ended() -> None:
+  """This process ends normally: at exit its last beat says so, and its peers stop watching
+  it. Without it, a peer still finishing its own work (process 0 draws the curves, writes the
+  summary) would take this one's silence after `timeout_s` for a lost process. A process that
+  ends by an error does not call it: its peers then report it lost, as they should."""
+  _state['ended'] = True
 
 
 def _watch(client) -> None:
@@ -244,7 +259,9 @@ def _watch(client) -> None:
           new = client.key_value_try_get(f'{_KEY}{p}')
         except Exception:  # pylint: disable=broad-except
           new = None  # not beating yet
-        if new != value:
+        if new == _ENDED:
+          seen.pop(p)  # it ended normally: never lost
+        elif new != value:
           seen[p] = (new, time.monotonic())
       answered[0] = time.monotonic()
       _stop.wait(BEAT_S)

@@ -476,11 +476,39 @@ def test_the_watchdog_threads_end_before_the_interpreter_does(monkeypatch):
   threads = list(multihost._threads)  # pylint: disable=protected-access
   assert [t.name for t in threads] == ['test-peers', 'dapt_jax-beat'] and all(
       t.is_alive() for t in threads)
+  monkeypatch.setitem(multihost._state, 'client', SlowClient())  # pylint: disable=protected-access
+  monkeypatch.setitem(multihost._state, 'ended', True)  # pylint: disable=protected-access
   multihost.stop_watchdog()
   assert not any(t.is_alive() for t in threads)
+  assert calls[-1] == ('dapt_jax/beat/0', 'ended', True)  # the last word: ended normally
   beats = len(calls)
   time.sleep(0.3)
   assert len(calls) == beats  # no beat after the stop
+
+
+@pytest.mark.parametrize('peer_says, lost', [('1', [1]), ('ended', None)])
+def test_a_peer_that_ended_normally_is_never_lost(monkeypatch, peer_says, lost):
+  """A peer whose counter stays still is lost after timeout_s, unless its last beat says it
+  ended normally (process 0 may still be drawing curves when process 1 has finished)."""
+  class Client:
+    def key_value_set(self, key, value, allow_overwrite):
+      pass
+
+    def key_value_try_get(self, key):
+      return peer_says
+
+  verdicts = []
+  monkeypatch.setattr(multihost, '_stop', threading.Event())
+  monkeypatch.setattr(multihost, '_threads', [])
+  monkeypatch.setattr(multihost, 'BEAT_S', 0.05)
+  monkeypatch.setattr(multihost, '_end_lost', verdicts.append)
+  monkeypatch.setitem(multihost._state, 'processes', 2)  # pylint: disable=protected-access
+  monkeypatch.setitem(multihost._state, 'timeout_s', 0.3)  # pylint: disable=protected-access
+  multihost._start_thread(multihost._watch, Client(),  # pylint: disable=protected-access
+                          name='test-peers')
+  time.sleep(1.0)
+  multihost.stop_watchdog()
+  assert (verdicts[0] if verdicts else None) == lost
 
 
 @pytest.mark.skipif(not sys.platform.startswith('linux'), reason='prctl(PR_SET_PDEATHSIG): Linux')
