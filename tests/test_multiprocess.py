@@ -506,7 +506,11 @@ def test_a_peer_that_ended_normally_is_never_lost(monkeypatch, peer_says, lost):
   monkeypatch.setitem(multihost._state, 'timeout_s', 0.3)  # pylint: disable=protected-access
   multihost._start_thread(multihost._watch, Client(),  # pylint: disable=protected-access
                           name='test-peers')
-  time.sleep(1.0)
+  # A still counter is lost 0.3 s after its last change (allow a busy machine 10 s for that); an
+  # ended one is still not lost after more than three timeouts.
+  deadline = time.monotonic() + (10.0 if lost else 1.0)
+  while time.monotonic() < deadline and not verdicts:
+    time.sleep(0.05)
   multihost.stop_watchdog()
   assert (verdicts[0] if verdicts else None) == lost
 
