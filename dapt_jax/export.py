@@ -24,8 +24,8 @@ WORKDIR is a training workdir (its config, classes and best checkpoint, else its
 --config, a converted checkpoint: what `dapt_jax.load` reads. `dapt_jax.load(WORKDIR).prepare`
 (or --mode=predict's preparation) turns raw clouds into the input; a prepared cloud gives the
 predictor's logits. --platforms lowers for accelerators as well (default: cpu); a program
-exported for several runs on any of them (StableHLO only). An existing non-empty OUT_DIR is refused unless
---force, and the three files appear only once all three are written.
+exported for several runs on any of them (StableHLO only). An existing non-empty OUT_DIR is
+refused unless --force, and the three files appear only once all three are written.
 """
 from __future__ import annotations
 
@@ -119,13 +119,14 @@ def commit() -> str:
 def artifact_function(predictor: Any):
   """points [B, input_points, 3] float32 → logits [B, C] float32, the weights closed over (so the
   export embeds them) and the XLA FPS (the Pallas kernel gives the same indices but is not
-  portable)."""
+  portable). The predictor itself is left as it is."""
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  predictor.task.views = dataclasses.replace(predictor.task.views, fps_impl='xla')
+  views = dataclasses.replace(predictor.task.views, fps_impl='xla')
   variables = predictor.variables
 
   def logits(points):
-    return predictor._logits_fn(variables, points, jnp.ones(points.shape[:1], bool))  # pylint: disable=protected-access
+    return predictor._logits_fn(  # pylint: disable=protected-access
+        variables, points, jnp.ones(points.shape[:1], bool), views)
   return logits
 
 

@@ -155,8 +155,9 @@ def read_config(spec: str) -> Any:
 
 
 def as_clouds(points: Clouds, what: str = 'points') -> tuple[list, bool]:
-  """(clouds float32 [N_i, 3] each (as a file is read), whether `points` was a batch) from one cloud [N, 3], a batch
-  [B, N, 3] or a list of clouds; ServeError for any other shape, dtype, NaN/inf or empty input."""
+  """(clouds float32 [N_i, 3] each (as a file is read), whether `points` was a batch) from one
+  cloud [N, 3], a batch [B, N, 3] or a list of clouds; ServeError for any other shape, dtype,
+  NaN/inf or empty input."""
   if isinstance(points, (list, tuple)):
     if not points:
       raise ServeError(f'{what}: an empty list, expected clouds of float [N, 3]')
@@ -249,11 +250,14 @@ class Predictor:
     return self.settings.points
 
   # The traced functions (variables are an argument, so they are not baked into the program).
-  def _logits_fn(self, variables: dict, points: jax.Array, valid: jax.Array) -> jax.Array:
+  def _logits_fn(self, variables: dict, points: jax.Array, valid: jax.Array,
+                 views: Any = None) -> jax.Array:
     """variables, points [B, input_points, 3] float32, valid [B] bool → logits [B, C] float32:
-    exactly what the evaluation step computes (the eval view's FPS, voting if the run votes)."""
+    exactly what the evaluation step computes (the eval view's FPS, voting if the run votes).
+    `views`: the task's unless given (the export's portable FPS)."""
     from dapt_jax.tasks import classification  # pylint: disable=g-import-not-at-top
-    return classification.classification_logits(self.net, variables, points, self.task.views,
+    return classification.classification_logits(self.net, variables, points,
+                                                views or self.task.views,
                                                 valid).astype(jnp.float32)
 
   def _embed_fn(self, variables: dict, points: jax.Array) -> jax.Array:
@@ -269,16 +273,19 @@ class Predictor:
       raise ServeError(f'{call}: this run ({self.config.get("task", "classification")}) has '
                        f'{other}, not {call}')
 
+  def _check_sizes(self, raw: Sequence[np.ndarray]) -> None:
+    """ServeError for the first cloud with fewer points than one patch (model.group_size)."""
+    for i, cloud in enumerate(raw):
+      if cloud.shape[0] < self.minimum:
+        raise ServeError(f'points[{i}]: {cloud.shape[0]} point(s), fewer than one patch of '
+                         f'{self.minimum} (model.group_size)')
+
   def prepare(self, points: Clouds) -> np.ndarray:
     """Clouds (see the module docstring) → float32 [B, input_points, 3], prepared as
     --mode=predict prepares a file: what the model and the exported artifact take."""
     with one_error():
       raw, _ = as_clouds(points)
-      too_small = [i for i, c in enumerate(raw) if c.shape[0] < self.minimum]
-      if too_small:
-        i = too_small[0]
-        raise ServeError(f'points[{i}]: {raw[i].shape[0]} point(s), fewer than one patch of '
-                         f'{self.minimum} (model.group_size)')
+      self._check_sizes(raw)
       raw = [clouds_lib.rotate_up(c, self.settings.up_axis) for c in raw]
       prepared, resampled = prepare(raw, self.settings)
       folder.warn_resampled([f'points[{i}]' for i in resampled],
@@ -364,10 +371,7 @@ class Predictor:
     with one_error():
       c = self.category(category)
       raw, batch = as_clouds(points)
-      for i, cloud in enumerate(raw):
-        if cloud.shape[0] < self.minimum:
-          raise ServeError(f'points[{i}]: {cloud.shape[0]} point(s), fewer than one patch of '
-                           f'{self.minimum} (model.group_size)')
+      self._check_sizes(raw)
       out = [self.label_cloud(unit_sphere(cloud), c, seed=0) for cloud in raw]
     if not batch:
       return out[0]

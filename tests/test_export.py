@@ -201,3 +201,12 @@ def test_onnx_refusals_are_one_line_and_write_nothing(run, tmp_path, capsys, mon
       'error: --format=onnx needs jax2onnx (not installed): pip install --no-deps -r '
       'requirements-onnx.txt')
   assert not os.path.exists(target)
+
+
+def test_making_the_artifact_function_leaves_the_predictor_as_it_is(exported):
+  """The artifact uses the portable XLA FPS; the predictor it is made from keeps its own (a
+  benchmark times the predictor after exporting it)."""
+  predictor = exported[2]
+  before = predictor.task.views
+  export.artifact_function(predictor)
+  assert predictor.task.views is before
