@@ -1,5 +1,6 @@
 """Test set-up: 8 forced CPU devices for the multi-device tests (set before JAX is imported),
 the repository root on sys.path, and the shared sample data location."""
+import contextlib
 import fcntl
 import os
 import pathlib
@@ -56,9 +57,9 @@ def pytest_collection_modifyitems(items):
   items.sort(key=rank)  # stable: file order within each module and among the rest
 
 
-@pytest.fixture
-def x64():
-  """JAX in float64 for one test (the float64 parity checks); the flag is restored after."""
+@contextlib.contextmanager
+def x64_enabled():
+  """JAX in float64 inside the block (the float64 parity checks); the flag is restored after."""
   import jax  # pylint: disable=g-import-not-at-top  (after XLA_FLAGS)
   previous = jax.config.jax_enable_x64
   jax.config.update('jax_enable_x64', True)
@@ -66,6 +67,13 @@ def x64():
     yield
   finally:
     jax.config.update('jax_enable_x64', previous)
+
+
+@pytest.fixture
+def x64():
+  """x64_enabled() for one test."""
+  with x64_enabled():
+    yield
 
 
 @pytest.fixture(scope='session', autouse=True)

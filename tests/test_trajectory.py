@@ -47,11 +47,9 @@ The release checkpoint, exported back with `python -m convert --to-torch WORKDIR
 checkpoint (step 10, not the best evaluation), loads strictly into the reference and equals the
 JAX state rounded to float32.
 """
-import contextlib
 import json
 import os
 
-import jax
 import numpy as np
 import pytest
 
@@ -66,6 +64,7 @@ torch = pytest.importorskip('torch')
 from convert import __main__ as convert_main  # noqa: E402
 from tests import torch_reference  # noqa: E402
 from tests import torch_train_reference  # noqa: E402
+from tests.conftest import x64_enabled  # noqa: E402
 
 STEPS = (3, 10)
 GRAD_ERROR = 1e-13  # δg above
@@ -93,16 +92,6 @@ def get_config(arg=None):
   c.lock()
   return c
 '''
-
-
-@contextlib.contextmanager
-def x64():
-  previous = jax.config.jax_enable_x64
-  jax.config.update('jax_enable_x64', True)
-  try:
-    yield
-  finally:
-    jax.config.update('jax_enable_x64', previous)
 
 
 def zero_gradient_part(torch_key: str, width: int):
@@ -201,7 +190,7 @@ def runs(tmp_path_factory):
   # The project's training path, float64.
   workdir = str(tmp / 'run')
   exported = str(tmp / 'exported.pth')
-  with x64():
+  with x64_enabled():
     cfg = model_config.load_config(str(cfg_file))
     cfg.unlock()
     cfg.model.dtype = 'float64'
