@@ -110,6 +110,14 @@ def _claim_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
     os.replace(tmp, path)
 
 
+def _best_value(meta: dict) -> Optional[float]:
+  """A checkpoint's best metric so far (None before the first evaluation); checkpoints written
+  before tasks named their metric call it 'best_accuracy'."""
+  if meta.get('best_epoch', -1) < 0:
+    return None
+  return meta.get('best_value', meta.get('best_accuracy'))
+
+
 def _finished_run(config: ml_collections.ConfigDict, workdir: str) -> Optional[dict]:
   """The summary of the workdir's run of this config if it already ended (its epochs or
   `max_steps` reached), read without writing anything; None if it has training left to do."""
@@ -125,8 +133,7 @@ def _finished_run(config: ml_collections.ConfigDict, workdir: str) -> Optional[d
   if not epochs_done and (config.max_steps is None or step < config.max_steps):
     return None
   task = tasks.get_task(config)
-  best = (meta.get('best_value', meta.get('best_accuracy')) if meta.get('best_epoch', -1) >= 0
-          else None)  # 'best_accuracy': checkpoints written before tasks named their metric
+  best = _best_value(meta)
   return {'steps': step, 'stopped': 'finished' if epochs_done else 'max_steps',
           'final_metrics': None, 'final_description': None, 'best_metric': task.best_metric,
           'best_value': best, 'best_epoch': meta['best_epoch'] if best is not None else None,
@@ -239,8 +246,7 @@ def _state(config: ml_collections.ConfigDict, workdir: str, variables: dict, lab
     ckpts.save_frozen(state.frozen)
     return state, ckpts, meta
   state, meta = ckpts.restore(state, 'last')
-  if 'best_value' not in meta:  # written before tasks named their best metric
-    meta['best_value'] = meta.get('best_accuracy') if meta.get('best_epoch', -1) >= 0 else None
+  meta['best_value'] = _best_value(meta)
   state = state.replace(frozen=ckpts.restore_frozen(state.frozen))
   loader.set_state(meta['loader'])
   log.info('Resumed from step %d (epoch %d, batch %d)', int(state.step), meta['loader']['epoch'],
